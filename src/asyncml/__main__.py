@@ -1,0 +1,3 @@
+from asyncml.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""create_app(settings) -> FastAPI: wiring, error rendering, health probes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from asyncml.api import classic, v1
+from asyncml.api.deps import Services, ServicesDep
+from asyncml.engine import Engine
+from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable
+from asyncml.registry import Registry, default_registry
+from asyncml.settings import Settings
+from asyncml.store import open_async_store
+
+log = logging.getLogger(__name__)
+
+
+def describe_request_errors(errors: Any) -> str:
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+    settings = settings or Settings()
+    registry = registry or default_registry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine(settings, registry)
+        store = open_async_store(settings)
+        app.state.services = Services(settings, registry, engine, store)
+        try:
+            yield
+        finally:
+            await store.close()
+            engine.close()
+
+    app = FastAPI(
+        title="async-ml-inference",
+        version="0.1.0",
+        summary="Submit a job, get an id at once, collect the result later.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(AsyncmlError)
+    async def _asyncml_error(request: Request, exc: AsyncmlError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if isinstance(exc, ServiceUnavailable) else None
+        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        body = InputInvalid(describe_request_errors(errors)).to_body()
+        body["errors"] = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in errors
+        ]
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse(
+            {"type": kind, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and serving; says nothing about the broker or store."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(services: ServicesDep) -> JSONResponse:
+        """Ready only when both the broker and the result store answer."""
+        checks: dict[str, str] = {}
+        try:
+            await anyio.to_thread.run_sync(services.engine.ping_broker)
+            checks["broker"] = "ok"
+        except ServiceUnavailable as exc:
+            checks["broker"] = exc.message
+        try:
+            await services.store.ping()
+            checks["result_store"] = "ok"
+        except ServiceUnavailable as exc:
+            checks["result_store"] = exc.message
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", **checks},
+            status_code=200 if ready else 503,
+        )
+
+    app.include_router(v1.build_router(registry))
+    app.include_router(classic.build_router(registry))
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: each API process builds its own settings."""
+    return create_app(Settings())

@@ -1,0 +1,98 @@
+"""The classic routes existing clients use, unchanged in shape: thin adapters over v1.
+
+``POST <path>`` answers ``201 {"id"}``; ``GET /task/{id}`` answers ``202`` until the task is
+final, then ``200``, with Celery's status names (PENDING, STARTED, SUCCESS, FAILURE, REVOKED).
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Response, status
+from pydantic import BaseModel, create_model
+
+from asyncml.api.deps import ServicesDep
+from asyncml.errors import InputInvalid, TaskNotFound
+from asyncml.kinds import TaskKind
+from asyncml.registry import Registry
+from asyncml.store import TaskStatus
+
+CLASSIC_STATUS = {
+    TaskStatus.QUEUED: "PENDING",
+    TaskStatus.STARTED: "STARTED",
+    TaskStatus.SUCCESS: "SUCCESS",
+    TaskStatus.FAILURE: "FAILURE",
+    TaskStatus.CANCELLED: "REVOKED",
+}
+
+
+class ClassicAccepted(BaseModel):
+    id: str
+
+
+class ClassicTask(BaseModel):
+    id: str
+    status: str
+    error: str | None = None
+    result: Any = None
+
+
+def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
+    assert kind.classic is not None
+    body_model: type[BaseModel] = create_model(
+        f"Classic{kind.input_model.__name__}",
+        __base__=kind.input_model,
+        callback=(bool, False),
+    )
+
+    async def submit(
+        body: Annotated[body_model, Body()],
+        services: ServicesDep,
+    ) -> ClassicAccepted:
+        if body.callback:  # type: ignore[attr-defined]  # added by create_model above
+            raise InputInvalid(
+                "callback: webhook callbacks are not available on this server; send false"
+            )
+        inp = kind.input_model.model_validate(body.model_dump(exclude={"callback"}))
+        record = await services.submit(kind, inp)
+        return ClassicAccepted(id=record.id)
+
+    router.add_api_route(
+        kind.classic.path,
+        submit,
+        methods=["POST"],
+        status_code=status.HTTP_201_CREATED,
+        response_model=ClassicAccepted,
+        summary=f"Submit a {kind.name} task (classic route)",
+        operation_id=f"classic_{kind.name.replace('.', '_')}",
+        tags=["classic"],
+    )
+
+
+def build_router(registry: Registry) -> APIRouter:
+    router = APIRouter()
+    for kind in registry:
+        if kind.classic is not None:
+            _classic_route(router, kind)
+
+    @router.get(
+        "/task/{task_id}",
+        response_model=ClassicTask,
+        tags=["classic"],
+        responses={202: {"description": "Not final yet: poll again."}},
+    )
+    async def get_task(task_id: str, services: ServicesDep, response: Response) -> ClassicTask:
+        record = await services.store.get(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        response.status_code = 200 if record.final else 202
+        result = None
+        if record.status is TaskStatus.SUCCESS and record.result is not None:
+            kind_classic = registry.get(record.kind).classic if record.kind in registry else None
+            result = kind_classic.result(record.result) if kind_classic else record.result
+        return ClassicTask(
+            id=record.id,
+            status=CLASSIC_STATUS[record.status],
+            error=record.error.message if record.error else None,
+            result=result,
+        )
+
+    return router

@@ -1,0 +1,51 @@
+"""What routes depend on, built once in the app's lifespan and handed out per request."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import Depends, Request
+from pydantic import BaseModel
+
+from asyncml.engine import Engine
+from asyncml.errors import ServiceUnavailable
+from asyncml.kinds import TaskKind
+from asyncml.registry import Registry
+from asyncml.settings import Settings
+from asyncml.store import AsyncTaskStore, TaskRecord, TaskStatus, utcnow
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry
+    engine: Engine
+    store: AsyncTaskStore
+
+    async def submit(self, kind: TaskKind[Any, Any], inp: BaseModel) -> TaskRecord:
+        """Record QUEUED first, then publish: an id the client holds is never unknown.
+
+        If the broker refuses, the record goes too: the client got a 503 and no id.
+        """
+        record = TaskRecord(
+            id=str(uuid.uuid4()), kind=kind.name, status=TaskStatus.QUEUED, submitted_at=utcnow()
+        )
+        await self.store.create(record)
+        payload = inp.model_dump(mode="json")
+        try:
+            await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload)
+        except ServiceUnavailable:
+            await self.store.delete(record.id)
+            raise
+        return record
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

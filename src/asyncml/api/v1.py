@@ -1,0 +1,142 @@
+"""/v1 routes, generated from the registry: one submit route per declared kind.
+
+No ``from __future__ import annotations`` here: FastAPI must see each kind's input model
+as a real object in the generated endpoint's signature to validate and document it.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response, status
+from pydantic import BaseModel
+
+from asyncml.api.deps import ServicesDep
+from asyncml.errors import TaskConflict, TaskNotFound
+from asyncml.kinds import TaskKind
+from asyncml.registry import Registry
+from asyncml.store import ErrorBody, TaskRecord, TaskStatus, utcnow
+
+MAX_WAIT_S = 30.0
+
+
+class TaskAccepted(BaseModel):
+    id: str
+    kind: str
+    status: TaskStatus
+
+
+class TaskView(BaseModel):
+    id: str
+    kind: str
+    status: TaskStatus
+    result: Any = None
+    error: ErrorBody | None = None
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class KindView(BaseModel):
+    name: str
+    queue: str
+    description: str
+    timeout_s: float
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    classic_path: str | None = None
+
+
+def task_view(record: TaskRecord) -> TaskView:
+    return TaskView.model_validate(record.model_dump())
+
+
+def kind_view(kind: TaskKind[Any, Any]) -> KindView:
+    return KindView(
+        name=kind.name,
+        queue=kind.queue,
+        description=kind.description,
+        timeout_s=kind.limits.timeout_s,
+        input_schema=kind.input_model.model_json_schema(),
+        output_schema=kind.output_model.model_json_schema(),
+        classic_path=kind.classic.path if kind.classic else None,
+    )
+
+
+def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
+    input_model = kind.input_model
+
+    async def submit(
+        body: Annotated[input_model, Body()],  # type: ignore[valid-type]  # built per kind
+        services: ServicesDep,
+        response: Response,
+    ) -> TaskAccepted:
+        record = await services.submit(kind, body)
+        response.headers["Location"] = f"/v1/tasks/{record.id}"
+        return TaskAccepted(id=record.id, kind=record.kind, status=record.status)
+
+    router.add_api_route(
+        f"/tasks/{kind.name}",
+        submit,
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=TaskAccepted,
+        summary=f"Submit a {kind.name} task",
+        description=kind.description,
+        operation_id=f"submit_{kind.name.replace('.', '_')}",
+        tags=[kind.family],
+        openapi_extra={"x-asyncml-output": kind.output_model.model_json_schema()},
+        responses={
+            422: {"description": "The input does not fit the kind's schema; nothing queued."},
+            503: {"description": "The broker or result store is down; nothing queued."},
+        },
+    )
+
+
+def build_router(registry: Registry) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    for kind in registry:
+        _submit_route(router, kind)
+
+    @router.post("/tasks/{kind}", status_code=202, tags=["tasks"], include_in_schema=False)
+    async def submit_unknown(kind: str) -> None:
+        registry.get(kind)  # raises UnknownKind (404) listing the known kinds
+
+    @router.get("/tasks/{task_id}", response_model=TaskView, tags=["tasks"])
+    async def get_task(
+        task_id: str,
+        services: ServicesDep,
+        wait: Annotated[
+            float,
+            Query(ge=0, le=MAX_WAIT_S, description="Long-poll: seconds to wait for a final state"),
+        ] = 0,
+    ) -> TaskView:
+        if wait > 0:
+            record = await services.store.wait(task_id, wait)
+        else:
+            record = await services.store.get(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return task_view(record)
+
+    @router.delete(
+        "/tasks/{task_id}",
+        response_model=TaskView,
+        tags=["tasks"],
+        responses={409: {"description": "The task has started or is already final."}},
+    )
+    async def cancel_task(task_id: str, services: ServicesDep) -> TaskView:
+        """Cancel a task that has not started; it will not run, on any broker."""
+        record = await services.store.cancel(task_id, utcnow())
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if record.status is not TaskStatus.CANCELLED:
+            raise TaskConflict(
+                f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
+            )
+        return task_view(record)
+
+    @router.get("/kinds", response_model=list[KindView], tags=["kinds"])
+    async def list_kinds() -> list[KindView]:
+        return [kind_view(k) for k in registry]
+
+    return router

@@ -1,0 +1,140 @@
+"""Celery app construction and the publish path used by the API."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
+
+from asyncml.engine.runtime import WorkerRuntime
+from asyncml.errors import ServiceUnavailable
+from asyncml.kinds import TaskKind
+from asyncml.registry import Registry
+from asyncml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
+    """Reliability first: a message is acked only after its task ran, one at a time per child."""
+    embedded = settings.embedded_broker
+    transport_options: dict[str, Any]
+    if embedded:
+        import asyncml.engine.embedded  # noqa: F401  # registers the embedded transport
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        transport_options = {"polling_interval": settings.embedded_poll_interval_s}
+    else:
+        transport_options = {"confirm_publish": True}
+    return {
+        "broker_url": settings.broker_url_value(),
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": max(1.0, settings.publish_timeout_s / 2),
+        "broker_pool_limit": 10,
+        "task_queues": [
+            Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True)
+            for q in registry.queues
+        ],
+        "task_routes": {k.name: {"queue": k.queue, "routing_key": k.queue} for k in registry},
+        "task_default_queue": registry.queues[0] if len(registry) else "default",
+        "task_default_delivery_mode": "persistent",
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "result_expires": settings.result_ttl_s,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "worker_enable_remote_control": not embedded,
+        "worker_send_task_events": not embedded,
+        "task_send_sent_event": not embedded,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_channel_error_retry": True,
+    }
+
+
+def make_celery(settings: Settings, registry: Registry) -> Celery:
+    app = Celery("asyncml", set_as_current=False)
+    app.conf.update(celery_config(settings, registry))
+    runtime = WorkerRuntime(settings)
+    for kind in registry:
+        _register(app, kind, runtime)
+    app.asyncml_runtime = runtime  # type: ignore[attr-defined]  # reached by worker signals
+    return app
+
+
+def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> None:
+    def run(payload: dict[str, Any]) -> None:
+        from celery import current_task
+
+        runtime.execute(kind, str(current_task.request.id), payload)
+
+    run.__name__ = kind.name.replace(".", "_")
+    app.task(
+        name=kind.name,
+        queue=kind.queue,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        soft_time_limit=math.ceil(kind.limits.timeout_s),
+        time_limit=math.ceil(kind.limits.timeout_s + kind.limits.grace_s),
+    )(run)
+
+
+class Engine:
+    """The API's handle on the broker: publish a task or check that the broker answers."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.celery = make_celery(settings, registry)
+        with self.celery.connection_for_write() as conn:
+            # What this transport raises when the broker is away (no I/O here).
+            self._connection_errors: tuple[type[BaseException], ...] = (
+                *conn.connection_errors,
+                *conn.channel_errors,
+                OperationalError,
+                OSError,
+            )
+
+    def publish(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
+        """Blocking publish (run it in a thread); waits for the broker's confirm on AMQP."""
+        try:
+            self.celery.send_task(
+                kind.name,
+                args=[payload],
+                task_id=task_id,
+                queue=kind.queue,
+                routing_key=kind.queue,
+                retry=True,
+                retry_policy={
+                    "max_retries": 2,
+                    "interval_start": 0.1,
+                    "interval_step": 0.2,
+                    "interval_max": 0.5,
+                },
+            )
+        except self._connection_errors as exc:
+            log.warning("publish failed for %s task %s: %s", kind.name, task_id, type(exc).__name__)
+            raise ServiceUnavailable(
+                f"the broker is unavailable, task not queued ({type(exc).__name__}); retry later"
+            ) from exc
+
+    def ping_broker(self) -> None:
+        try:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(
+                    max_retries=1, timeout=math.ceil(self.settings.publish_timeout_s)
+                )
+        except self._connection_errors as exc:
+            raise ServiceUnavailable(f"broker unreachable ({type(exc).__name__})") from exc
+
+    def close(self) -> None:
+        self.celery.close()

@@ -1,0 +1,138 @@
+"""The one error tree of asyncml.
+
+Every error is data: a stable ``type`` string, an HTTP status and a readable message.
+The API renders ``{"type": ..., "message": ...}``, a failed task stores the same body,
+and the client maps ``type`` back to the class::
+
+    AsyncmlError
+    ├── InputInvalid          422  the input does not fit the kind's schema or rules
+    ├── UnknownKind           404  no task kind by that name
+    ├── TaskNotFound          404  no task with that id (or not yours)
+    ├── TaskConflict          409  the task is in a state that forbids the request
+    ├── ServiceUnavailable    503  the broker or the result store cannot be reached
+    ├── TaskTimeout           504  the task ran past its time limit
+    ├── FetchError            502  an outbound download failed
+    │   ├── FetchBlocked      403  the URL points at an address we refuse to reach
+    │   └── FetchTooLarge     413  the body is larger than the configured cap
+    └── AudioError            422  the bytes are not audio we can measure
+        ├── AudioNotAudio     422  not an audio file at all
+        └── AudioTruncated    422  the file ends before its header says it should
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AsyncmlError(Exception):
+    """Base class: carries a stable type string and an HTTP status."""
+
+    type: ClassVar[str] = "internal_error"
+    status_code: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message}
+
+
+class InputInvalid(AsyncmlError):
+    """The input does not fit the kind's schema or its rules."""
+
+    type = "input_invalid"
+    status_code = 422
+
+
+class UnknownKind(AsyncmlError):
+    """No task kind is declared under that name."""
+
+    type = "unknown_kind"
+    status_code = 404
+
+
+class TaskNotFound(AsyncmlError):
+    """No task with that id is known (or it has expired)."""
+
+    type = "task_not_found"
+    status_code = 404
+
+
+class TaskConflict(AsyncmlError):
+    """The task's state forbids the request, e.g. cancelling a finished task."""
+
+    type = "task_conflict"
+    status_code = 409
+
+
+class ServiceUnavailable(AsyncmlError):
+    """The broker or the result store cannot be reached."""
+
+    type = "service_unavailable"
+    status_code = 503
+
+
+class TaskTimeout(AsyncmlError):
+    """The task ran past its declared time limit."""
+
+    type = "task_timeout"
+    status_code = 504
+
+
+class FetchError(AsyncmlError):
+    """An outbound download failed: connection, status, timeout."""
+
+    type = "fetch_failed"
+    status_code = 502
+
+
+class FetchBlocked(FetchError):
+    """The URL resolves to an address we refuse to reach (SSRF guard)."""
+
+    type = "fetch_blocked"
+    status_code = 403
+
+
+class FetchTooLarge(FetchError):
+    """The body is larger than the configured download cap."""
+
+    type = "fetch_too_large"
+    status_code = 413
+
+
+class AudioError(AsyncmlError):
+    """The bytes are not audio whose length we can measure."""
+
+    type = "audio_invalid"
+    status_code = 422
+
+
+class AudioNotAudio(AudioError):
+    """The body is not an audio file in any format we can read."""
+
+    type = "audio_not_audio"
+
+
+class AudioTruncated(AudioError):
+    """The file ends before its header says it should."""
+
+    type = "audio_truncated"
+
+
+def _all_error_classes() -> list[type[AsyncmlError]]:
+    found: list[type[AsyncmlError]] = []
+    pending: list[type[AsyncmlError]] = [AsyncmlError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def error_class_for(type_: str) -> type[AsyncmlError]:
+    """Map a body's ``type`` back to its class; unknown types become the base class."""
+    for cls in _all_error_classes():
+        if cls.type == type_:
+            return cls
+    return AsyncmlError

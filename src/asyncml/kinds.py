@@ -1,0 +1,131 @@
+"""Declaring a task kind: one decorator gives the route, the Celery task, the schema and CLI.
+
+Shaped after arq's ``func()`` and dramatiq's ``actor``: the declaration carries per-kind limits
+and refuses bad names early, at import time, not when the first request arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from asyncml.fetch import Fetcher
+    from asyncml.settings import Settings
+
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+
+_KIND_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-kind limits. ``timeout_s`` is a soft limit; the hard kill follows a grace period."""
+
+    timeout_s: float = 60.0
+    grace_s: float = 10.0
+    max_retries: int = 0
+
+
+@dataclass(frozen=True)
+class Classic:
+    """A legacy route kept for existing clients: its path and how to shape its result.
+
+    ``result`` turns the kind's output into what ``GET /task/{id}`` returned before v1.
+    ``extra_fields`` are body fields the classic route accepted beyond the input model.
+    """
+
+    path: str
+    result: Callable[[dict[str, Any]], Any] = lambda out: out
+
+
+@dataclass
+class TaskContext:
+    """What a running task may use; built once per worker process, shared by its tasks."""
+
+    settings: Settings
+    task_id: str = ""
+    _fetcher: Fetcher | None = field(default=None, repr=False)
+
+    @property
+    def fetcher(self) -> Fetcher:
+        if self._fetcher is None:
+            from asyncml.fetch import Fetcher
+
+            self._fetcher = Fetcher.from_settings(self.settings)
+        return self._fetcher
+
+
+@dataclass(frozen=True)
+class TaskKind(Generic[In, Out]):
+    """One declared kind of task. Everything else (route, Celery task, CLI) derives from it."""
+
+    name: str
+    queue: str
+    input_model: type[In]
+    output_model: type[Out]
+    func: Callable[[In, TaskContext], Out]
+    limits: Limits = Limits()
+    classic: Classic | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _KIND_NAME.match(self.name):
+            raise ValueError(
+                f"task kind name {self.name!r} must be dotted lowercase, e.g. 'audio.length'"
+            )
+        if not _QUEUE_NAME.match(self.queue):
+            raise ValueError(f"queue name {self.queue!r} must be lowercase letters, digits, -_")
+
+    @property
+    def family(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def run(self, payload: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        """Parse the Celery payload at the boundary, run, and dump the output as JSON data."""
+        inp = self.input_model.model_validate(payload)
+        out = self.func(inp, ctx)
+        return self.output_model.model_validate(out).model_dump(mode="json")
+
+
+def task_kind(
+    name: str,
+    *,
+    queue: str,
+    limits: Limits | None = None,
+    classic: Classic | None = None,
+) -> Callable[[Callable[[In, TaskContext], Out]], TaskKind[In, Out]]:
+    """Declare a kind from a function annotated ``(inp: InModel, ctx: TaskContext) -> OutModel``.
+
+    The models are read from the annotations so they are written exactly once.
+    """
+
+    def declare(func: Callable[[In, TaskContext], Out]) -> TaskKind[In, Out]:
+        import typing
+
+        hints = typing.get_type_hints(func)
+        params = [h for k, h in hints.items() if k != "return"]
+        if not params or "return" not in hints:
+            raise TypeError(f"{func.__qualname__} must annotate its input model and return model")
+        input_model, output_model = params[0], hints["return"]
+        for model in (input_model, output_model):
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise TypeError(f"{func.__qualname__}: {model!r} is not a pydantic model")
+        return TaskKind(
+            name=name,
+            queue=queue,
+            input_model=input_model,
+            output_model=output_model,
+            func=func,
+            limits=limits or Limits(),
+            classic=classic,
+            description=(func.__doc__ or "").strip().split("\n\n")[0],
+        )
+
+    return declare

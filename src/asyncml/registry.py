@@ -1,0 +1,55 @@
+"""Registry: name -> TaskKind. The API, the engine, the CLI and the client all read it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from asyncml.errors import UnknownKind
+from asyncml.kinds import TaskKind
+
+AnyKind = TaskKind[Any, Any]
+
+
+class Registry:
+    """Holds declared kinds; refuses a second kind under a name already taken."""
+
+    def __init__(self, kinds: Iterable[AnyKind] = ()) -> None:
+        self._kinds: dict[str, AnyKind] = {}
+        for kind in kinds:
+            self.add(kind)
+
+    def add(self, kind: AnyKind) -> None:
+        if kind.name in self._kinds:
+            raise ValueError(f"task kind {kind.name!r} is already registered")
+        classic_paths = {k.classic.path for k in self._kinds.values() if k.classic}
+        if kind.classic and kind.classic.path in classic_paths:
+            raise ValueError(f"classic route {kind.classic.path!r} is already taken")
+        self._kinds[kind.name] = kind
+
+    def get(self, name: str) -> AnyKind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            known = ", ".join(sorted(self._kinds)) or "none"
+            raise UnknownKind(f"unknown task kind {name!r}; known kinds: {known}") from None
+
+    def __iter__(self) -> Iterator[AnyKind]:
+        return iter(self._kinds.values())
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    @property
+    def queues(self) -> list[str]:
+        return sorted({k.queue for k in self._kinds.values()})
+
+
+def default_registry() -> Registry:
+    """The built-in kinds, listed in ``asyncml.tasks``."""
+    from asyncml.tasks import BUILTIN_KINDS
+
+    return Registry(BUILTIN_KINDS)

@@ -1,0 +1,113 @@
+"""The one settings object; the only module that reads the environment.
+
+Build it once at the edge (CLI callback, app factory, worker bootstrap) and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOURS = 3600
+
+
+def redact_url(url: str) -> str:
+    """Drop the password from a URL so it can be logged or shown in an error body."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, read from ``ASYNCML_*`` variables (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASYNCML_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    broker_url: SecretStr | None = Field(
+        default=None,
+        description="Celery broker, e.g. amqp://user:pass@host:5672//. "
+        "Unset: the embedded SQLite broker under data_dir.",
+    )
+    result_backend_url: SecretStr | None = Field(
+        default=None,
+        description="Task record store, e.g. redis://:pass@host:6379/0. "
+        "Unset: the embedded SQLite store under data_dir.",
+    )
+    data_dir: Path = Field(
+        default=Path(".asyncml"),
+        description="Folder of the embedded broker and store (created on demand).",
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(default=8000, ge=0, le=65535, description="Port the API listens on.")
+    result_ttl_s: int = Field(
+        default=48 * HOURS, gt=0, description="Seconds a finished task's record is kept."
+    )
+    worker_concurrency: int = Field(
+        default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
+    )
+    embedded_poll_interval_s: float = Field(
+        default=0.1, gt=0, le=5, description="How often embedded workers poll SQLite for work."
+    )
+    publish_timeout_s: float = Field(
+        default=5.0, gt=0, description="Give up publishing to the broker after this long (503)."
+    )
+    fetch_max_bytes: int = Field(
+        default=200_000_000, gt=0, description="Largest download accepted, in bytes."
+    )
+    fetch_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Connect timeout of outbound fetches."
+    )
+    fetch_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="Read timeout (between bytes) of outbound fetches."
+    )
+    fetch_total_timeout_s: float = Field(
+        default=120.0, gt=0, description="Wall-clock cap of one whole download."
+    )
+    fetch_max_redirects: int = Field(
+        default=5, ge=0, description="Redirects followed, each hop checked by the SSRF guard."
+    )
+    fetch_allow_loopback: bool = Field(
+        default=False, description="Allow fetches from 127.0.0.0/8 and ::1 (tests, demo)."
+    )
+    fetch_allow_private: bool = Field(
+        default=False,
+        description="Allow fetches from private, link-local and other non-public addresses.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the API and the workers."
+    )
+
+    @field_validator("broker_url", "result_backend_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.result_backend_url is None
+
+    def broker_url_value(self) -> str:
+        if self.broker_url is None:
+            from asyncml.engine.embedded import broker_url
+
+            return broker_url(self.data_dir)
+        return self.broker_url.get_secret_value()
+
+    def store_path(self) -> Path:
+        return (self.data_dir / "tasks.sqlite3").resolve()

@@ -1,0 +1,63 @@
+"""What a task store must do. Two sides: the sync one (workers, CLI) and the async one (API).
+
+State moves only forward, and every move is one atomic compare-and-set in the store, so a
+cancel racing a worker's start has exactly one winner on every backend::
+
+    QUEUED ──start──> STARTED ──finish──> SUCCESS | FAILURE
+       └─────cancel──> CANCELLED
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+
+
+class TaskStore(Protocol):
+    def create(self, record: TaskRecord) -> None: ...
+
+    def get(self, task_id: str) -> TaskRecord | None: ...
+
+    def delete(self, task_id: str) -> None: ...
+
+    def start(self, task_id: str, at: datetime) -> bool:
+        """QUEUED or STARTED (a redelivery) -> STARTED; False means: do not run it."""
+        ...
+
+    def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        at: datetime,
+        *,
+        result: Any = None,
+        error: ErrorBody | None = None,
+    ) -> bool: ...
+
+    def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+        """QUEUED -> CANCELLED; returns the record as it stands afterwards."""
+        ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncTaskStore(Protocol):
+    async def create(self, record: TaskRecord) -> None: ...
+
+    async def get(self, task_id: str) -> TaskRecord | None: ...
+
+    async def delete(self, task_id: str) -> None: ...
+
+    async def cancel(self, task_id: str, at: datetime) -> TaskRecord | None: ...
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """Return once the task is final or ``timeout_s`` passed, whichever is first."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,240 @@
+"""Production task store on Redis: one hash per task, Lua compare-and-set, pub/sub on finish.
+
+A waiting client subscribes to the task's channel *before* reading the record, so a finish
+that lands between the read and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+import time
+from datetime import datetime
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from asyncml.errors import ServiceUnavailable
+from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+
+_PREFIX = "asyncml:task:"
+_CHANNEL_PREFIX = "asyncml:done:"
+
+# KEYS[1] record; ARGV[1] started_at
+_START = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'QUEUED' then
+  redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[1])
+  return 1
+elseif s == 'STARTED' then
+  return 1
+end
+return 0
+"""
+# KEYS[1] record, KEYS[2] channel; ARGV status, finished_at, result, error, ttl
+_FINISH = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s ~= 'QUEUED' and s ~= 'STARTED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+# KEYS[1] record, KEYS[2] channel; ARGV finished_at, ttl
+_CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'QUEUED' then
+  redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'finished_at', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('PUBLISH', KEYS[2], 'CANCELLED')
+end
+return s
+"""
+
+
+def _key(task_id: str) -> str:
+    return _PREFIX + task_id
+
+
+def _channel(task_id: str) -> str:
+    return _CHANNEL_PREFIX + task_id
+
+
+def _mapping(record: TaskRecord) -> Mapping[Any, Any]:
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "status": record.status.value,
+        "submitted_at": record.submitted_at.isoformat(),
+    }
+
+
+def _parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
+    if not raw:
+        return None
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+
+    def when(name: str) -> datetime | None:
+        return datetime.fromisoformat(fields[name]) if name in fields else None
+
+    return TaskRecord(
+        id=fields["id"],
+        kind=fields["kind"],
+        status=TaskStatus(fields["status"]),
+        result=json.loads(fields["result"]) if "result" in fields else None,
+        error=ErrorBody.model_validate_json(fields["error"]) if "error" in fields else None,
+        submitted_at=datetime.fromisoformat(fields["submitted_at"]),
+        started_at=when("started_at"),
+        finished_at=when("finished_at"),
+    )
+
+
+def _unavailable(exc: RedisError) -> ServiceUnavailable:
+    # The message names the failure, never the URL: it may carry a password.
+    return ServiceUnavailable(f"result store (Redis) unavailable: {type(exc).__name__}")
+
+
+class RedisTaskStore:
+    def __init__(self, url: str, *, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._r = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        )
+        self._start = self._r.register_script(_START)
+        self._finish = self._r.register_script(_FINISH)
+        self._cancel = self._r.register_script(_CANCEL)
+
+    def create(self, record: TaskRecord) -> None:
+        try:
+            with self._r.pipeline() as pipe:
+                pipe.hset(_key(record.id), mapping=_mapping(record))
+                pipe.expire(_key(record.id), self.ttl_s)
+                pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        try:
+            return _parse(self._r.hgetall(_key(task_id)))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def delete(self, task_id: str) -> None:
+        try:
+            self._r.delete(_key(task_id))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def start(self, task_id: str, at: datetime) -> bool:
+        try:
+            return bool(self._start(keys=[_key(task_id)], args=[at.isoformat()]))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        at: datetime,
+        *,
+        result: Any = None,
+        error: ErrorBody | None = None,
+    ) -> bool:
+        args = [
+            status.value,
+            at.isoformat(),
+            "" if result is None else json.dumps(result),
+            "" if error is None else error.model_dump_json(),
+            self.ttl_s,
+        ]
+        try:
+            return bool(self._finish(keys=[_key(task_id), _channel(task_id)], args=args))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+        try:
+            self._cancel(keys=[_key(task_id), _channel(task_id)], args=[at.isoformat(), self.ttl_s])
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return self.get(task_id)
+
+    def ping(self) -> None:
+        try:
+            self._r.ping()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class AsyncRedisTaskStore:
+    def __init__(self, url: str, *, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._r = aioredis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=None, health_check_interval=30
+        )
+        self._cancel = self._r.register_script(_CANCEL)
+
+    async def create(self, record: TaskRecord) -> None:
+        try:
+            async with self._r.pipeline() as pipe:
+                pipe.hset(_key(record.id), mapping=_mapping(record))
+                pipe.expire(_key(record.id), self.ttl_s)
+                await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        try:
+            return _parse(await self._r.hgetall(_key(task_id)))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def delete(self, task_id: str) -> None:
+        try:
+            await self._r.delete(_key(task_id))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+        try:
+            await self._cancel(
+                keys=[_key(task_id), _channel(task_id)], args=[at.isoformat(), self.ttl_s]
+            )
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return await self.get(task_id)
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            async with self._r.pubsub() as pubsub:
+                await pubsub.subscribe(_channel(task_id))
+                record = await self.get(task_id)
+                while record is not None and not record.final:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=remaining
+                    )
+                    if message is not None:
+                        record = await self.get(task_id)
+                return record
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._r.ping()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def close(self) -> None:
+        await self._r.aclose()

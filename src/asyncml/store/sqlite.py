@@ -1,0 +1,197 @@
+"""Embedded task store on SQLite: no server, survives restarts, shared by API and workers.
+
+WAL mode lets the API read while a worker writes; every state change is a single
+``UPDATE ... WHERE status IN (...)`` so the compare-and-set is atomic across processes.
+Waiting is a poll with back-off (SQLite has no cross-process notification): that is the
+embedded default's latency cost, documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+
+from asyncml.errors import ServiceUnavailable
+from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
+"""
+_COLUMNS = "id, kind, status, result, error, submitted_at, started_at, finished_at"
+_PURGE_EVERY = 500
+
+
+def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
+    id_, kind, status, result, error, submitted, started, finished = row
+    return TaskRecord(
+        id=id_,
+        kind=kind,
+        status=TaskStatus(status),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else ErrorBody.model_validate_json(error),
+        submitted_at=datetime.fromisoformat(submitted),
+        started_at=None if started is None else datetime.fromisoformat(started),
+        finished_at=None if finished is None else datetime.fromisoformat(finished),
+    )
+
+
+class SqliteTaskStore:
+    """One connection per thread and process: sqlite3 connections must not cross either."""
+
+    def __init__(self, path: Path, *, ttl_s: int) -> None:
+        self.path = path
+        self.ttl_s = ttl_s
+        self._local = threading.local()
+        self._finishes = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._conn() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
+
+    def create(self, record: TaskRecord) -> None:
+        self._execute(
+            f"INSERT INTO tasks ({_COLUMNS}, expires_at) VALUES (?, ?, ?, NULL, NULL, ?, NULL, "
+            "NULL, NULL)",
+            (record.id, record.kind, record.status.value, record.submitted_at.isoformat()),
+        )
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = self._execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (task_id, time.time()),
+        ).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def delete(self, task_id: str) -> None:
+        self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+
+    def start(self, task_id: str, at: datetime) -> bool:
+        cur = self._execute(
+            "UPDATE tasks SET status = 'STARTED', started_at = COALESCE(started_at, ?) "
+            "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
+            (at.isoformat(), task_id),
+        )
+        return cur.rowcount == 1
+
+    def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        at: datetime,
+        *,
+        result: Any = None,
+        error: ErrorBody | None = None,
+    ) -> bool:
+        cur = self._execute(
+            "UPDATE tasks SET status = ?, finished_at = ?, result = ?, error = ?, expires_at = ? "
+            "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
+            (
+                status.value,
+                at.isoformat(),
+                None if result is None else json.dumps(result),
+                None if error is None else error.model_dump_json(),
+                time.time() + self.ttl_s,
+                task_id,
+            ),
+        )
+        self._finishes += 1
+        if self._finishes % _PURGE_EVERY == 0:
+            self.purge_expired()
+        return cur.rowcount == 1
+
+    def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+        self._execute(
+            "UPDATE tasks SET status = 'CANCELLED', finished_at = ?, expires_at = ? "
+            "WHERE id = ? AND status = 'QUEUED'",
+            (at.isoformat(), time.time() + self.ttl_s, task_id),
+        )
+        return self.get(task_id)
+
+    def purge_expired(self) -> int:
+        cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
+        return cur.rowcount
+
+    def ping(self) -> None:
+        self._execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class AsyncSqliteTaskStore:
+    """The API's side: each call runs in a worker thread so the event loop never blocks."""
+
+    _POLL_START_S = 0.01
+    _POLL_MAX_S = 0.2
+
+    def __init__(self, store: SqliteTaskStore) -> None:
+        self._store = store
+
+    async def create(self, record: TaskRecord) -> None:
+        await anyio.to_thread.run_sync(self._store.create, record)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return await anyio.to_thread.run_sync(self._store.get, task_id)
+
+    async def delete(self, task_id: str) -> None:
+        await anyio.to_thread.run_sync(self._store.delete, task_id)
+
+    async def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+        return await anyio.to_thread.run_sync(self._store.cancel, task_id, at)
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        deadline = time.monotonic() + timeout_s
+        delay = self._POLL_START_S
+        while True:
+            record = await self.get(task_id)
+            remaining = deadline - time.monotonic()
+            if record is None or record.final or remaining <= 0:
+                return record
+            await anyio.sleep(min(delay, remaining))  # back-off poll: no notification in SQLite
+            delay = min(delay * 2, self._POLL_MAX_S)
+
+    async def ping(self) -> None:
+        await anyio.to_thread.run_sync(self._store.ping)
+
+    async def close(self) -> None:
+        self._store.close()

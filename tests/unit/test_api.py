@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from asyncml.store import ErrorBody, TaskStatus, utcnow
+from asyncml.store.sqlite import SqliteTaskStore
+
+WAV_URL = "http://127.0.0.1:9/a.wav"
+
+
+def test_submit_returns_202_with_id_and_location(client: TestClient) -> None:
+    response = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["kind"] == "audio.length"
+    assert body["status"] == "QUEUED"
+    assert response.headers["location"] == f"/v1/tasks/{body['id']}"
+
+
+def test_submitted_task_is_queued_on_the_broker_and_readable(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    task = client.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "QUEUED"
+    assert task["submitted_at"] is not None
+    assert task["started_at"] is None
+    assert queued_messages() == 1
+
+
+def test_invalid_input_returns_422_naming_the_field_and_queues_nothing(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    response = client.post("/v1/tasks/audio.length", json={"audio_url": "not a url"})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["type"] == "input_invalid"
+    assert "audio_url" in body["message"]
+    assert queued_messages() == 0
+
+
+def test_non_http_scheme_is_refused_with_422(client: TestClient) -> None:
+    response = client.post("/v1/tasks/audio.length", json={"audio_url": "file:///etc/passwd"})
+    assert response.status_code == 422
+
+
+def test_missing_body_returns_422(client: TestClient) -> None:
+    assert client.post("/v1/tasks/audio.length").status_code == 422
+
+
+def test_unknown_kind_returns_404_listing_known_kinds(client: TestClient) -> None:
+    response = client.post("/v1/tasks/nope.nothing", json={})
+    assert response.status_code == 404
+    assert response.json()["type"] == "unknown_kind"
+    assert "audio.length" in response.json()["message"]
+
+
+def test_unknown_id_returns_404(client: TestClient) -> None:
+    response = client.get("/v1/tasks/does-not-exist")
+    assert response.status_code == 404
+    assert response.json()["type"] == "task_not_found"
+
+
+def test_cancel_queued_task_marks_it_cancelled(client: TestClient) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    response = client.delete(f"/v1/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "CANCELLED"
+    assert client.get(f"/v1/tasks/{task_id}").json()["status"] == "CANCELLED"
+
+
+def test_cancelled_task_is_not_started_by_a_worker(
+    client: TestClient, store: SqliteTaskStore
+) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    client.delete(f"/v1/tasks/{task_id}")
+    assert store.start(task_id, utcnow()) is False
+
+
+def test_cancel_final_task_returns_409(client: TestClient, store: SqliteTaskStore) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    store.start(task_id, utcnow())
+    store.finish(task_id, TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.0})
+    response = client.delete(f"/v1/tasks/{task_id}")
+    assert response.status_code == 409
+    assert response.json()["type"] == "task_conflict"
+
+
+def test_cancel_unknown_task_returns_404(client: TestClient) -> None:
+    assert client.delete("/v1/tasks/does-not-exist").status_code == 404
+
+
+def test_long_poll_returns_once_the_task_finishes(
+    client: TestClient, store: SqliteTaskStore
+) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    store.start(task_id, utcnow())
+    finisher = threading.Timer(
+        0.3,
+        store.finish,
+        args=(task_id, TaskStatus.SUCCESS, utcnow()),
+        kwargs={"result": {"audio_length": 2.0}},
+    )
+    finisher.start()
+    response = client.get(f"/v1/tasks/{task_id}", params={"wait": 30})
+    finisher.join()
+    assert response.json()["status"] == "SUCCESS"
+    assert response.json()["result"] == {"audio_length": 2.0}
+
+
+def test_long_poll_returns_the_unfinished_task_after_the_wait(client: TestClient) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    response = client.get(f"/v1/tasks/{task_id}", params={"wait": 0.2})
+    assert response.status_code == 200
+    assert response.json()["status"] == "QUEUED"
+
+
+def test_wait_over_30_seconds_is_refused(client: TestClient) -> None:
+    assert client.get("/v1/tasks/x", params={"wait": 31}).status_code == 422
+
+
+def test_kinds_lists_input_and_output_schemas(client: TestClient) -> None:
+    kinds = {k["name"]: k for k in client.get("/v1/kinds").json()}
+    audio = kinds["audio.length"]
+    assert audio["queue"] == "audio"
+    assert "audio_url" in audio["input_schema"]["properties"]
+    assert "audio_length" in audio["output_schema"]["properties"]
+    assert audio["classic_path"] == "/audio/length"
+
+
+def test_openapi_documents_each_kind_input(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/tasks/audio.length"]["post"]
+    assert operation["operationId"] == "submit_audio_length"
+    assert "AudioLengthIn" in str(operation["requestBody"])
+    assert "audio_length" in str(operation["x-asyncml-output"])
+
+
+def test_classic_submit_returns_201_with_id(client: TestClient) -> None:
+    response = client.post("/audio/length", json={"audio_url": WAV_URL, "callback": False})
+    assert response.status_code == 201
+    assert set(response.json()) == {"id"}
+
+
+def test_classic_task_answers_202_while_pending(client: TestClient) -> None:
+    task_id = client.post("/audio/length", json={"audio_url": WAV_URL}).json()["id"]
+    response = client.get(f"/task/{task_id}")
+    assert response.status_code == 202
+    assert response.json() == {"id": task_id, "status": "PENDING", "error": None, "result": None}
+
+
+def test_classic_task_answers_200_with_result_when_done(
+    client: TestClient, store: SqliteTaskStore
+) -> None:
+    task_id = client.post("/audio/length", json={"audio_url": WAV_URL}).json()["id"]
+    store.start(task_id, utcnow())
+    store.finish(task_id, TaskStatus.SUCCESS, utcnow(), result={"audio_length": 30.0})
+    response = client.get(f"/task/{task_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "SUCCESS"
+    assert response.json()["result"]["audio_length"] == 30.0
+
+
+def test_classic_task_reports_failure_as_readable_error(
+    client: TestClient, store: SqliteTaskStore
+) -> None:
+    task_id = client.post("/audio/length", json={"audio_url": WAV_URL}).json()["id"]
+    error = ErrorBody(type="audio_not_audio", message="not a recognised audio format")
+    store.finish(task_id, TaskStatus.FAILURE, utcnow(), error=error)
+    response = client.get(f"/task/{task_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "FAILURE"
+    assert response.json()["error"] == "not a recognised audio format"
+
+
+def test_classic_unknown_id_returns_404(client: TestClient) -> None:
+    assert client.get("/task/does-not-exist").status_code == 404
+
+
+def test_classic_invalid_input_returns_422(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    assert client.post("/audio/length", json={"audio": WAV_URL}).status_code == 422
+    assert queued_messages() == 0
+
+
+def test_healthz_answers_ok(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_is_ready_on_the_embedded_default(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "broker": "ok", "result_store": "ok"}
