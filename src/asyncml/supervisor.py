@@ -32,8 +32,20 @@ class Child:
     crashes: list[float] = field(default_factory=list)
 
     def start(self, env: Mapping[str, str]) -> None:
-        self.proc = subprocess.Popen(list(self.argv), env=dict(env), start_new_session=True)
+        self.proc = subprocess.Popen(
+            list(self.argv), env=dict(env), start_new_session=True, preexec_fn=_die_with_parent
+        )
         log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when the supervisor dies, even by SIGKILL, so no orphan
+    keeps the API port or a worker slot."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Supervisor:

@@ -1,0 +1,162 @@
+"""Fixtures for integration tests: real servers, started once per session.
+
+Session servers are shared: tests use their own queue names and keys and never stop
+them. A test that stops or restarts a server takes a private_* one instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fixture_server import FixtureServer
+from processes import ServiceProcess, service_env, wait_until_ready
+from services import RabbitMQServer, RedisServer, free_ports
+
+_HERE = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "restart: stops and starts a private server; slow, deselect with -m 'not restart'",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+# --- session servers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
+    with RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq_server: RabbitMQServer) -> str:
+    return rabbitmq_server.url
+
+
+# --- private servers, for tests that stop or restart them --------------------------
+
+
+@pytest.fixture
+def private_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture
+def private_rabbitmq_server(tmp_path: Path) -> Iterator[RabbitMQServer]:
+    with RabbitMQServer(tmp_path / "rabbitmq") as server:
+        yield server
+
+
+# --- fixture files and the service's own processes ----------------------------------
+
+
+def _write_tone(path: Path, seconds: float, fmt: str, rate: int = 16_000) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    sf.write(path, tone, rate, format=fmt)
+
+
+@pytest.fixture(scope="session")
+def files_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixtureServer]:
+    root = tmp_path_factory.mktemp("files")
+    _write_tone(root / "tone-5s.wav", 5, "WAV")
+    _write_tone(root / "victim.wav", 5, "WAV")
+    _write_tone(root / "tone-30s.wav", 30, "WAV")
+    _write_tone(root / "tone-30s.flac", 30, "FLAC")
+    _write_tone(root / "tone-30s.mp3", 30, "MP3")
+    (root / "notes.wav").write_text("these are meeting notes, not audio\n" * 100)
+    with FixtureServer(root).running() as server:
+        yield server
+
+
+@pytest.fixture
+def files(files_server: FixtureServer) -> Iterator[FixtureServer]:
+    """The session's file server with its gate closed; opened again after the test."""
+    files_server.reset()
+    yield files_server
+    files_server.gate_open.set()
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    tmp_path_factory: pytest.TempPathFactory, rabbitmq_url: str, redis_url: str
+) -> tuple[dict[str, str], str, Path]:
+    (port,) = free_ports(1)
+    workdir = tmp_path_factory.mktemp("stack")
+    env = service_env(
+        data_dir=workdir / "data", api_port=port, broker_url=rabbitmq_url, backend_url=redis_url
+    )
+    return env, f"http://127.0.0.1:{port}", workdir
+
+
+@pytest.fixture(scope="session")
+def api_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[ServiceProcess]:
+    env, base_url, workdir = stack_env
+    process = ServiceProcess("api", ["api"], env=env, workdir=workdir).start()
+    try:
+        wait_until_ready(base_url, process)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[ServiceProcess]:
+    """One worker with one slot, so queue order is run order in the tests that need it."""
+    env, _, workdir = stack_env
+    process = ServiceProcess(
+        "worker", ["worker", "--queues", "audio", "--concurrency", "1"], env=env, workdir=workdir
+    ).start()
+    try:
+        process.wait_for_line(" ready.")
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def worker(worker_process: ServiceProcess) -> ServiceProcess:
+    """The session worker, restarted first if an earlier test killed it."""
+    assert worker_process.proc is not None
+    if worker_process.proc.poll() is not None:
+        worker_process.start()
+        worker_process.wait_for_line(" ready.")
+    return worker_process
+
+
+@pytest.fixture
+def api(
+    stack_env: tuple[dict[str, str], str, Path],
+    api_process: ServiceProcess,
+    worker: ServiceProcess,
+) -> Iterator[httpx.Client]:
+    _, base_url, _ = stack_env
+    with httpx.Client(base_url=base_url, timeout=40) as client:
+        yield client

@@ -1,0 +1,128 @@
+"""The embedded default end to end: `asyncml up` on SQLite, no server installed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fixture_server import FixtureServer
+from processes import ServiceProcess, service_env, wait_until_ready
+from services import free_ports
+
+Launch = Callable[[str, list[str]], ServiceProcess]
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[tuple[Launch, str]]:
+    """Start asyncml roles on one embedded data folder and one API port; stop all after."""
+    (port,) = free_ports(1)
+    env = service_env(data_dir=tmp_path / "data", api_port=port)
+    started: list[ServiceProcess] = []
+
+    def launch(name: str, args: list[str]) -> ServiceProcess:
+        process = ServiceProcess(name, args, env=env, workdir=tmp_path).start()
+        started.append(process)
+        return process
+
+    yield launch, f"http://127.0.0.1:{port}"
+    for process in started:
+        process.stop()
+
+
+def wait_final(api: httpx.Client, task_id: str) -> dict[str, Any]:
+    task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}", params={"wait": 30}).json()
+    assert task["status"] in {"SUCCESS", "FAILURE", "CANCELLED"}, task
+    return task
+
+
+def test_up_serves_the_classic_flow(embedded: tuple[Launch, str], files: FixtureServer) -> None:
+    launch, base_url = embedded
+    up = launch("up", ["up", "--concurrency", "1"])
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        created = api.post("/audio/length", json={"audio_url": files.url("tone-30s.wav")})
+        assert created.status_code == 201
+        task_id = created.json()["id"]
+        wait_final(api, task_id)
+        response = api.get(f"/task/{task_id}")
+    assert response.status_code == 200
+    assert abs(response.json()["result"]["audio_length"] - 30.0) <= 0.01
+
+
+def test_ctrl_c_stops_up_and_everything_it_started(
+    embedded: tuple[Launch, str],
+) -> None:
+    launch, base_url = embedded
+    up = launch("up", ["up", "--concurrency", "1"])
+    wait_until_ready(base_url, up)
+    up.wait_for_line(" ready.")
+    assert up.interrupt(timeout=60) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base_url}/healthz", timeout=2)
+    assert "all stopped" in up.tail()
+
+
+def test_queued_tasks_survive_a_restart(embedded: tuple[Launch, str], files: FixtureServer) -> None:
+    launch, base_url = embedded
+    api_only = launch("api", ["api"])
+    wait_until_ready(base_url, api_only)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        ids = [
+            api.post("/v1/tasks/audio.length", json={"audio_url": files.url(name)}).json()["id"]
+            for name in ("tone-5s.wav", "tone-30s.wav", "tone-30s.flac")
+        ]
+        assert all(api.get(f"/v1/tasks/{i}").json()["status"] == "QUEUED" for i in ids)
+    api_only.stop()
+
+    up = launch("up", ["up", "--concurrency", "1"])
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        tasks = [wait_final(api, i) for i in ids]
+    assert [t["status"] for t in tasks] == ["SUCCESS"] * 3
+    assert [round(t["result"]["audio_length"]) for t in tasks] == [5, 30, 30]
+
+
+def test_cancelled_task_never_runs_on_the_embedded_broker(
+    embedded: tuple[Launch, str], files: FixtureServer
+) -> None:
+    launch, base_url = embedded
+    api_only = launch("api", ["api"])
+    wait_until_ready(base_url, api_only)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        victim = api.post("/v1/tasks/audio.length", json={"audio_url": files.url("victim.wav")})
+        follower = api.post("/v1/tasks/audio.length", json={"audio_url": files.url("tone-5s.wav")})
+        assert api.delete(f"/v1/tasks/{victim.json()['id']}").status_code == 200
+    api_only.stop()
+
+    up = launch("up", ["up", "--concurrency", "1"])
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        # FIFO with one slot: the follower finishing means the victim was consumed first.
+        assert wait_final(api, follower.json()["id"])["status"] == "SUCCESS"
+        assert api.get(f"/v1/tasks/{victim.json()['id']}").json()["status"] == "CANCELLED"
+    assert files.hits("victim.wav") == 0
+
+
+def test_task_of_a_killed_embedded_worker_is_recovered_by_the_next_up(
+    embedded: tuple[Launch, str], files: FixtureServer
+) -> None:
+    launch, base_url = embedded
+    up = launch("up", ["up", "--concurrency", "1"])
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        task_id = api.post(
+            "/v1/tasks/audio.length", json={"audio_url": files.url("gate/tone-5s.wav")}
+        ).json()["id"]
+        assert files.gate_reached.wait(30), "the worker never fetched the gated URL"
+    up.kill()
+    files.gate_reached.clear()
+
+    again = launch("up-again", ["up", "--concurrency", "1"])
+    wait_until_ready(base_url, again)
+    assert files.gate_reached.wait(60), "the task was not recovered after the crash"
+    files.gate_open.set()
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        assert wait_final(api, task_id)["status"] == "SUCCESS"
