@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("result_backend_url")
+    @classmethod
+    def _redis_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("the result backend must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None

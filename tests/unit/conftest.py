@@ -15,7 +15,7 @@ from asyncml.store.sqlite import SqliteTaskStore
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded default in a private folder: a real SQLite broker and store, no worker."""
-    return Settings(data_dir=tmp_path / "data", _env_file=None)  # type: ignore[call-arg]
+    return Settings(data_dir=tmp_path / "data", _env_file=None)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def _closed_port() -> int:
 
 @pytest.fixture
 def down_settings(tmp_path: Path) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         data_dir=tmp_path,
         broker_url=f"amqp://guest:s3cret-pw@127.0.0.1:{_closed_port()}//",

@@ -79,7 +79,7 @@ def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> 
     run.__name__ = kind.name.replace(".", "_")
     app.task(
         name=kind.name,
-        queue=kind.queue,
+        shared=False,  # else Celery adds it to every app made later in this process
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,

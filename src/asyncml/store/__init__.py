@@ -24,12 +24,11 @@ def open_store(settings: Settings) -> TaskStore:
         from asyncml.store.sqlite import SqliteTaskStore
 
         return SqliteTaskStore(settings.store_path(), ttl_s=settings.result_ttl_s)
-    url = settings.result_backend_url.get_secret_value()
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("ASYNCML_RESULT_BACKEND_URL must be a redis:// or rediss:// URL")
     from asyncml.store.redis import RedisTaskStore
 
-    return RedisTaskStore(url, ttl_s=settings.result_ttl_s)
+    return RedisTaskStore(
+        settings.result_backend_url.get_secret_value(), ttl_s=settings.result_ttl_s
+    )
 
 
 def open_async_store(settings: Settings) -> AsyncTaskStore:

@@ -1,0 +1,29 @@
+# The README's two commands: `make run` and `make test`.
+.PHONY: install run test check unit integration format
+
+install:
+	scripts/bootstrap.sh
+
+run: install
+	.venv/bin/asyncml up
+
+test:
+	scripts/test.sh
+
+check: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	.venv/bin/mypy tests/unit
+	.venv/bin/mypy tests/integration
+
+unit: install
+	.venv/bin/pytest tests/unit -n auto -q
+
+integration: install
+	scripts/ensure-services.sh
+	.venv/bin/pytest tests/integration -q
+
+format: install
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .

@@ -1,0 +1,144 @@
+"""The task store's promises, held by both backends: embedded SQLite and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncml.store import AsyncTaskStore, TaskRecord, TaskStatus, TaskStore, utcnow
+from asyncml.store.redis import AsyncRedisTaskStore, RedisTaskStore
+from asyncml.store.sqlite import AsyncSqliteTaskStore, SqliteTaskStore
+
+TTL = 3600
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[TaskStore, AsyncTaskStore]]:
+    if request.param == "sqlite":
+        sync = SqliteTaskStore(tmp_path / "tasks.sqlite3", ttl_s=TTL)
+        yield sync, AsyncSqliteTaskStore(SqliteTaskStore(tmp_path / "tasks.sqlite3", ttl_s=TTL))
+        sync.close()
+    else:
+        url = request.getfixturevalue("redis_url")
+        redis_sync = RedisTaskStore(url, ttl_s=TTL)
+        yield redis_sync, AsyncRedisTaskStore(url, ttl_s=TTL)
+        redis_sync.close()
+
+
+@pytest.fixture
+def store(stores: tuple[TaskStore, AsyncTaskStore]) -> TaskStore:
+    return stores[0]
+
+
+def new_task(store: TaskStore) -> str:
+    task_id = str(uuid.uuid4())
+    store.create(
+        TaskRecord(id=task_id, kind="audio.length", status=TaskStatus.QUEUED, submitted_at=utcnow())
+    )
+    return task_id
+
+
+def test_unknown_id_reads_as_none(store: TaskStore) -> None:
+    assert store.get("no-such-id") is None
+
+
+def test_created_task_reads_back_queued(store: TaskStore) -> None:
+    task = store.get(new_task(store))
+    assert task is not None and task.status is TaskStatus.QUEUED
+
+
+def test_cancelled_task_cannot_start(store: TaskStore) -> None:
+    task_id = new_task(store)
+    record = store.cancel(task_id, utcnow())
+    assert record is not None and record.status is TaskStatus.CANCELLED
+    assert store.start(task_id, utcnow()) is False
+
+
+def test_started_task_cannot_be_cancelled(store: TaskStore) -> None:
+    task_id = new_task(store)
+    assert store.start(task_id, utcnow()) is True
+    record = store.cancel(task_id, utcnow())
+    assert record is not None and record.status is TaskStatus.STARTED
+
+
+def test_redelivered_task_may_start_again(store: TaskStore) -> None:
+    task_id = new_task(store)
+    assert store.start(task_id, utcnow())
+    assert store.start(task_id, utcnow())
+
+
+def test_finished_task_is_never_run_again_nor_overwritten(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.start(task_id, utcnow())
+    assert store.finish(task_id, TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.5})
+    assert store.start(task_id, utcnow()) is False
+    assert store.finish(task_id, TaskStatus.FAILURE, utcnow(), result=None) is False
+    record = store.get(task_id)
+    assert record is not None
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == {"audio_length": 1.5}
+
+
+def test_cancel_racing_start_has_exactly_one_winner(store: TaskStore) -> None:
+    for _ in range(30):
+        task_id = new_task(store)
+        outcome: dict[str, object] = {}
+        barrier = threading.Barrier(2)
+
+        def start(task_id: str = task_id) -> None:
+            barrier.wait()
+            outcome["started"] = store.start(task_id, utcnow())
+
+        def cancel(task_id: str = task_id) -> None:
+            barrier.wait()
+            record = store.cancel(task_id, utcnow())
+            outcome["cancelled"] = record is not None and record.status is TaskStatus.CANCELLED
+
+        threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert outcome["started"] != outcome["cancelled"], outcome
+
+
+def test_wait_returns_when_another_process_finishes_the_task(
+    stores: tuple[TaskStore, AsyncTaskStore],
+) -> None:
+    sync, async_store = stores
+    task_id = new_task(sync)
+    sync.start(task_id, utcnow())
+
+    async def scenario() -> TaskRecord | None:
+        waiting = asyncio.create_task(async_store.wait(task_id, 20))
+        await asyncio.sleep(0.2)  # let the waiter subscribe first; the result must not hinge on it
+        await asyncio.to_thread(sync.finish, task_id, TaskStatus.SUCCESS, utcnow(), result={"x": 1})
+        record = await asyncio.wait_for(waiting, 5)
+        await async_store.close()
+        return record
+
+    record = asyncio.run(scenario())
+    assert record is not None and record.status is TaskStatus.SUCCESS
+
+
+def test_wait_on_a_finished_task_returns_at_once(
+    stores: tuple[TaskStore, AsyncTaskStore],
+) -> None:
+    sync, async_store = stores
+    task_id = new_task(sync)
+    sync.finish(task_id, TaskStatus.FAILURE, utcnow())
+
+    async def scenario() -> TaskRecord | None:
+        record = await asyncio.wait_for(async_store.wait(task_id, 20), 2)
+        await async_store.close()
+        return record
+
+    record = asyncio.run(scenario())
+    assert record is not None and record.status is TaskStatus.FAILURE
