@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         default=0.1, gt=0, le=5, description="How often embedded workers poll SQLite for work."
     )
     publish_timeout_s: float = Field(
-        default=5.0, gt=0, description="Give up publishing to the broker after this long (503)."
+        default=5.0,
+        gt=0,
+        description="Time one submission may spend reaching the broker before the API answers 503.",
     )
     fetch_max_bytes: int = Field(
         default=200_000_000, gt=0, description="Largest download accepted, in bytes."

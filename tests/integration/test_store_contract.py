@@ -86,27 +86,31 @@ def test_finished_task_is_never_run_again_nor_overwritten(store: TaskStore) -> N
     assert record.result == {"audio_length": 1.5}
 
 
+def _race_start_and_cancel(store: TaskStore, task_id: str) -> tuple[bool, bool]:
+    barrier = threading.Barrier(2)
+    outcome: dict[str, bool] = {}
+
+    def start() -> None:
+        barrier.wait()
+        outcome["started"] = store.start(task_id, utcnow())
+
+    def cancel() -> None:
+        barrier.wait()
+        record = store.cancel(task_id, utcnow())
+        outcome["cancelled"] = record is not None and record.status is TaskStatus.CANCELLED
+
+    threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcome["started"], outcome["cancelled"]
+
+
 def test_cancel_racing_start_has_exactly_one_winner(store: TaskStore) -> None:
     for _ in range(30):
-        task_id = new_task(store)
-        outcome: dict[str, object] = {}
-        barrier = threading.Barrier(2)
-
-        def start(task_id: str = task_id) -> None:
-            barrier.wait()
-            outcome["started"] = store.start(task_id, utcnow())
-
-        def cancel(task_id: str = task_id) -> None:
-            barrier.wait()
-            record = store.cancel(task_id, utcnow())
-            outcome["cancelled"] = record is not None and record.status is TaskStatus.CANCELLED
-
-        threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert outcome["started"] != outcome["cancelled"], outcome
+        started, cancelled = _race_start_and_cancel(store, new_task(store))
+        assert started != cancelled
 
 
 def test_wait_returns_when_another_process_finishes_the_task(

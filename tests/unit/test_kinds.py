@@ -57,7 +57,7 @@ def test_registry_refuses_a_second_kind_under_the_same_name() -> None:
 
 
 def test_unknown_kind_error_lists_known_kinds() -> None:
-    with pytest.raises(UnknownKind, match="audio.length"):
+    with pytest.raises(UnknownKind, match=r"audio\.length"):
         default_registry().get("nope.nothing")
 
 

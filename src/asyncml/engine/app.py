@@ -34,7 +34,7 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "broker_url": settings.broker_url_value(),
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": max(1.0, settings.publish_timeout_s / 2),
+        "broker_connection_timeout": settings.publish_timeout_s / 3,  # 3 attempts per publish
         "broker_pool_limit": 10,
         "task_queues": [
             Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True)

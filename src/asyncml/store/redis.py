@@ -7,8 +7,8 @@ that lands between the read and the wait is never missed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 

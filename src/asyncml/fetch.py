@@ -1,0 +1,358 @@
+"""SSRF-guarded streaming download of a user-supplied URL.
+
+A task's input URL is chosen by whoever calls the API, so the worker must not become a way
+to reach the metadata service, the broker or anything else on the private network. The guard:
+
+* resolves the hostname itself and refuses if *any* address is not allowed (a name with one
+  public and one private address could otherwise be steered to the private one);
+* connects to the address it checked, never re-resolving (DNS rebinding cannot swap in
+  127.0.0.1 between check and connect); TLS SNI and the Host header still use the hostname;
+* follows redirects itself, one hop at a time, so every hop goes through the same check;
+* ignores proxy variables and ``.netrc``: a proxy would make the connect-time check moot.
+
+The download streams to disk with a byte cap (checked against ``Content-Length`` up front and
+against the bytes actually received), per-phase timeouts and a wall-clock cap. Every failure is
+a ``FetchError`` whose message names the URL without its credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpcore
+import httpx
+
+from asyncml.errors import FetchBlocked, FetchError, FetchTooLarge
+from asyncml.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Sequence[IPAddress]]
+
+_LOOPBACK_HINT = "set ASYNCML_FETCH_ALLOW_LOOPBACK=true to allow"
+_PRIVATE_HINT = "set ASYNCML_FETCH_ALLOW_PRIVATE=true to allow"
+# "This network": Linux routes 0.0.0.0 to the local host, and nothing else in 0/8 is reachable.
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A body saved to disk; ``final_url`` is the last hop, without credentials."""
+
+    path: Path
+    size: int
+    content_type: str | None
+    final_url: str
+
+
+def _refusal(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> str | None:
+    """Why ``ip`` is refused (with the setting that would allow it), or None if allowed.
+
+    The order matters: Python counts ``::1`` as reserved and ``127.0.0.1`` as private, so
+    loopback is decided before either.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        # ::ffff:10.0.0.1 reaches 10.0.0.1 on a dual-stack socket: judge the IPv4 inside.
+        if ip.ipv4_mapped is not None:
+            return _refusal(
+                ip.ipv4_mapped, allow_loopback=allow_loopback, allow_private=allow_private
+            )
+        if ip.sixtofour is not None:
+            inner = _refusal(
+                ip.sixtofour, allow_loopback=allow_loopback, allow_private=allow_private
+            )
+            if inner is not None:
+                return f"6to4 address embedding a {inner}"
+    if ip.is_unspecified:
+        return "unspecified address; never allowed"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK:
+        return "'this network' address (0.0.0.0/8); never allowed"
+    if ip.is_multicast:
+        return "multicast address; never allowed"
+    if ip.is_loopback:
+        return None if allow_loopback else f"loopback address; {_LOOPBACK_HINT}"
+    if ip.is_reserved:
+        return "reserved address; never allowed"
+    if ip.is_global:
+        return None
+    if allow_private:
+        return None
+    if ip.is_link_local:
+        kind = "link-local address"
+    elif isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_ADDRESS_SPACE:
+        kind = "shared (CGNAT) address"
+    elif isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
+        kind = "unique local address"
+    else:
+        kind = "private address"
+    return f"{kind}; {_PRIVATE_HINT}"
+
+
+def address_allowed(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> bool:
+    """Whether the guard lets a fetch connect to ``ip``; pure, so the policy is testable offline.
+
+    Public global unicast is allowed; loopback only with ``allow_loopback``; private,
+    link-local, unique-local, CGNAT and other non-global unicast only with ``allow_private``;
+    unspecified, multicast and reserved never. IPv4-mapped IPv6 is judged as its IPv4.
+    """
+    return _refusal(ip, allow_loopback=allow_loopback, allow_private=allow_private) is None
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, in resolver order, without duplicates."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchError(f"cannot resolve host {host}: {exc}") from exc
+    found: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]))
+        if ip not in found:
+            found.append(ip)
+    return found
+
+
+def _is_literal(host: str, ip: IPAddress) -> bool:
+    """Whether the URL named ``ip`` itself rather than a hostname (for a clearer message)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")) == ip
+    except ValueError:
+        return False
+
+
+class _GuardedBackend(httpcore.SyncBackend):
+    """Dial only addresses the policy allows, and exactly the ones that were checked."""
+
+    def __init__(self, *, resolver: Resolver, allow_loopback: bool, allow_private: bool) -> None:
+        super().__init__()
+        self._resolver = resolver
+        self._allow_loopback = allow_loopback
+        self._allow_private = allow_private
+
+    def checked_addresses(self, host: str, port: int) -> list[IPAddress]:
+        """Resolve ``host`` and return its addresses, or raise if any of them is refused."""
+        addresses = list(self._resolver(host, port))
+        if not addresses:
+            raise FetchError(f"cannot resolve host {host}: no addresses")
+        for ip in addresses:
+            reason = _refusal(
+                ip, allow_loopback=self._allow_loopback, allow_private=self._allow_private
+            )
+            if reason is None:
+                continue
+            if _is_literal(host, ip):
+                raise FetchBlocked(f"refusing to fetch from {ip} ({reason})")
+            raise FetchBlocked(f"refusing to fetch from {host}: it resolves to {ip} ({reason})")
+        return addresses
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        last_error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for ip in self.checked_addresses(host, port):
+            try:
+                return super().connect_tcp(
+                    str(ip),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        if last_error is None:  # unreachable: checked_addresses never returns an empty list
+            raise FetchError(f"cannot resolve host {host}: no addresses")
+        raise last_error
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """Build the CA bundle once per process: loading it costs more than a small download."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
+class _GuardedTransport(httpx.HTTPTransport):
+    """Stock httpx transport (TLS, HTTP/1.1, error mapping) whose pool dials via the guard."""
+
+    def __init__(self, backend: _GuardedBackend) -> None:
+        context = _ssl_context()
+        super().__init__(verify=context, trust_env=False, retries=0)
+        # httpx has no argument for the network backend; httpcore's pool does, so build it here.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            max_connections=4,
+            max_keepalive_connections=2,
+            http1=True,
+            http2=False,
+            retries=0,
+            network_backend=backend,
+        )
+
+
+def _redact(url: httpx.URL | str) -> str:
+    """The URL without userinfo: error bodies and logs must not carry credentials."""
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        return str(parsed.copy_with(userinfo=b""))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "<invalid URL>"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fetcher:
+    """Downloads one URL at a time under the configured caps; cheap to build, holds no sockets.
+
+    Each ``download`` uses its own connection pool, so nothing (including a connection to an
+    address that was allowed under other settings) outlives the call.
+    """
+
+    max_bytes: int = 200_000_000
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    total_timeout_s: float = 120.0
+    max_redirects: int = 5
+    allow_loopback: bool = False
+    allow_private: bool = False
+    resolver: Resolver = resolve_host
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Fetcher:
+        return cls(
+            max_bytes=settings.fetch_max_bytes,
+            connect_timeout_s=settings.fetch_connect_timeout_s,
+            read_timeout_s=settings.fetch_read_timeout_s,
+            total_timeout_s=settings.fetch_total_timeout_s,
+            max_redirects=settings.fetch_max_redirects,
+            allow_loopback=settings.fetch_allow_loopback,
+            allow_private=settings.fetch_allow_private,
+        )
+
+    def download(self, url: str, dest: Path) -> Downloaded:
+        """Stream ``url`` into ``dest``; on failure ``dest`` is removed and a FetchError raised."""
+        deadline = time.monotonic() + self.total_timeout_s
+        try:
+            current = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
+        backend = _GuardedBackend(
+            resolver=self.resolver,
+            allow_loopback=self.allow_loopback,
+            allow_private=self.allow_private,
+        )
+        with httpx.Client(
+            transport=_GuardedTransport(backend),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"Accept-Encoding": "identity"},
+        ) as client:
+            for _hop in range(self.max_redirects + 1):
+                next_url = self._one_hop(client, current, dest, deadline)
+                if isinstance(next_url, Downloaded):
+                    return next_url
+                current = next_url
+        raise FetchError(
+            f"too many redirects (more than {self.max_redirects}) starting at {_redact(url)}"
+        )
+
+    def _one_hop(
+        self, client: httpx.Client, url: httpx.URL, dest: Path, deadline: float
+    ) -> Downloaded | httpx.URL:
+        """Fetch one hop: the saved body, or the URL the server redirects to."""
+        shown = _redact(url)
+        if not url.scheme:
+            raise FetchError(f"not an absolute http(s) URL: {shown}")
+        if url.scheme not in ("http", "https"):
+            raise FetchError(
+                f"unsupported URL scheme {url.scheme!r} in {shown}: only http and https are fetched"
+            )
+        if not url.host:
+            raise FetchError(f"URL has no host: {shown}")
+        request = client.build_request("GET", url, timeout=self._timeout(deadline, shown))
+        with self._mapped_errors(shown, deadline):
+            response = client.send(request, stream=True)
+        try:
+            if response.has_redirect_location and response.next_request is not None:
+                return response.next_request.url
+            if not response.is_success:
+                raise FetchError(f"HTTP {response.status_code} from {shown}")
+            return self._save(response, dest, deadline, shown)
+        finally:
+            response.close()
+
+    def _timeout(self, deadline: float, shown: str) -> httpx.Timeout:
+        """Per-phase timeouts, none longer than the time left, so one wait cannot blow the cap."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError(self._total_timeout_message(shown))
+        return httpx.Timeout(
+            connect=min(self.connect_timeout_s, left),
+            read=min(self.read_timeout_s, left),
+            write=min(self.read_timeout_s, left),
+            pool=min(self.connect_timeout_s, left),
+        )
+
+    def _save(
+        self, response: httpx.Response, dest: Path, deadline: float, shown: str
+    ) -> Downloaded:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise FetchTooLarge(
+                f"{shown} is {int(declared)} bytes, more than the limit of {self.max_bytes} bytes"
+            )
+        size = 0
+        try:
+            with dest.open("wb") as out, self._mapped_errors(shown, deadline):
+                for chunk in response.iter_bytes(_CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise FetchTooLarge(
+                            f"{shown} sent more than the limit of {self.max_bytes} bytes"
+                        )
+                    out.write(chunk)
+                    if time.monotonic() > deadline:
+                        raise FetchError(self._total_timeout_message(shown))
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return Downloaded(
+            path=dest,
+            size=size,
+            content_type=response.headers.get("content-type"),
+            final_url=shown,
+        )
+
+    def _total_timeout_message(self, shown: str) -> str:
+        return f"download of {shown} timed out: it took longer than {self.total_timeout_s} s"
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, shown: str, deadline: float) -> Iterator[None]:
+        """Turn httpx transport errors into FetchError with a message a caller can act on."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= deadline:
+                message = self._total_timeout_message(shown)
+            elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                message = f"timed out connecting to {shown} after {self.connect_timeout_s} s"
+            else:
+                message = f"timed out reading from {shown}: no data for {self.read_timeout_s} s"
+            raise FetchError(message) from exc
+        except httpx.ConnectError as exc:
+            raise FetchError(f"cannot connect to {shown}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise FetchError(f"download from {shown} failed: {exc}") from exc
