@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
@@ -77,7 +79,7 @@ def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> 
         runtime.execute(kind, str(current_task.request.id), payload)
 
     run.__name__ = kind.name.replace(".", "_")
-    app.task(
+    task = app.task(
         name=kind.name,
         shared=False,  # else Celery adds it to every app made later in this process
         acks_late=True,
@@ -86,6 +88,16 @@ def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> 
         soft_time_limit=math.ceil(kind.limits.timeout_s),
         time_limit=math.ceil(kind.limits.timeout_s + kind.limits.grace_s),
     )(run)
+
+    def on_failure(
+        sender: object = None, task_id: str = "", exception: object = None, **_: object
+    ) -> None:
+        # A hard time limit kills the child before it can write anything: the main
+        # worker process records the timeout here (Celery then acks the message).
+        if isinstance(exception, TimeLimitExceeded):
+            runtime.record_timeout(kind, task_id)
+
+    task_failure.connect(on_failure, sender=task, weak=False)
 
 
 class Engine:

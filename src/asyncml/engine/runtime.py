@@ -38,8 +38,9 @@ def describe_validation_error(exc: ValidationError) -> str:
 class WorkerRuntime:
     """Per-process state: the store connection and the task context, made after fork."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, store_retry_s: float = _STORE_RETRY_S) -> None:
         self.settings = settings
+        self.store_retry_s = store_retry_s
         self._pid: int | None = None
         self._store: TaskStore | None = None
         self._ctx: TaskContext | None = None
@@ -55,10 +56,18 @@ class WorkerRuntime:
     def _retrying(self) -> Retrying:
         return Retrying(
             retry=retry_if_exception_type(ServiceUnavailable),
-            stop=stop_after_delay(_STORE_RETRY_S),
-            wait=wait_exponential_jitter(initial=0.1, max=5),
+            stop=stop_after_delay(self.store_retry_s),
+            wait=wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.1),
             reraise=True,
         )
+
+    def record_timeout(self, kind: TaskKind[Any, Any], task_id: str) -> None:
+        error = ErrorBody(
+            type=TaskTimeout.type,
+            message=f"{kind.name} was killed after its hard time limit of "
+            f"{kind.limits.timeout_s + kind.limits.grace_s:g} s",
+        )
+        self._retrying()(self.store.finish, task_id, TaskStatus.FAILURE, utcnow(), error=error)
 
     def execute(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
         store = self.store

@@ -47,6 +47,7 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
+from celery.exceptions import SoftTimeLimitExceeded
 
 from asyncml.errors import AudioError, AudioNotAudio, AudioTruncated
 
@@ -174,6 +175,8 @@ def _probe_by_decoding_with_librosa(path: Path, *, libsndfile_error: str) -> Aud
             import librosa
 
             signal, rate = librosa.load(path, sr=None, mono=False)
+    except SoftTimeLimitExceeded:
+        raise  # the task's time is up: that is a timeout, not a verdict on the file
     except Exception as exc:  # any decoder failure means the same thing to the caller
         raise AudioNotAudio(f"{_NOT_AUDIO}: {libsndfile_error}") from exc
     frames = int(signal.shape[-1])

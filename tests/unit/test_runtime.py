@@ -1,0 +1,150 @@
+"""What a worker process does around each task, without a broker: the state it records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from pydantic import BaseModel
+
+from asyncml.engine.runtime import WorkerRuntime
+from asyncml.errors import FetchBlocked, ServiceUnavailable
+from asyncml.kinds import TaskContext, TaskKind, task_kind
+from asyncml.settings import Settings
+from asyncml.store import TaskRecord, TaskStatus, utcnow
+from asyncml.store.sqlite import SqliteTaskStore
+
+
+class In(BaseModel):
+    n: int
+
+
+class Out(BaseModel):
+    double: int
+
+
+calls: list[int] = []
+
+
+@task_kind("test.double", queue="test")
+def double(inp: In, ctx: TaskContext) -> Out:
+    calls.append(inp.n)
+    return Out(double=inp.n * 2)
+
+
+def raising(exc: BaseException) -> TaskKind[In, Out]:
+    def fail(inp: In, ctx: TaskContext) -> Out:
+        raise exc
+
+    return task_kind("test.fail", queue="test")(fail)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[WorkerRuntime]:
+    calls.clear()
+    rt = WorkerRuntime(settings, store_retry_s=0.2)
+    yield rt
+    rt.store.close()
+
+
+def queued(store: SqliteTaskStore, task_id: str = "t1") -> str:
+    store.create(TaskRecord(id=task_id, kind="x", status=TaskStatus.QUEUED, submitted_at=utcnow()))
+    return task_id
+
+
+def test_success_records_the_output_as_json(runtime: WorkerRuntime, store: SqliteTaskStore) -> None:
+    runtime.execute(double, queued(store), {"n": 21})
+    record = store.get("t1")
+    assert record is not None
+    assert record.status is TaskStatus.SUCCESS
+    assert record.result == {"double": 42}
+    assert record.started_at is not None and record.finished_at is not None
+
+
+def test_typed_error_is_recorded_with_its_type(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    runtime.execute(raising(FetchBlocked("refusing 10.0.0.1")), queued(store), {"n": 1})
+    record = store.get("t1")
+    assert record is not None and record.error is not None
+    assert record.status is TaskStatus.FAILURE
+    assert (record.error.type, record.error.message) == ("fetch_blocked", "refusing 10.0.0.1")
+
+
+def test_unexpected_exception_is_recorded_readably(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    runtime.execute(raising(ZeroDivisionError("division by zero")), queued(store), {"n": 1})
+    record = store.get("t1")
+    assert record is not None and record.error is not None
+    assert record.error.type == "internal_error"
+    assert record.error.message == "ZeroDivisionError: division by zero"
+
+
+def test_invalid_payload_is_recorded_as_input_invalid(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    runtime.execute(double, queued(store), {"n": "many"})
+    record = store.get("t1")
+    assert record is not None and record.error is not None
+    assert record.error.type == "input_invalid"
+    assert "n:" in record.error.message
+
+
+def test_soft_time_limit_is_recorded_as_timeout(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    runtime.execute(raising(SoftTimeLimitExceeded()), queued(store), {"n": 1})
+    record = store.get("t1")
+    assert record is not None and record.error is not None
+    assert record.error.type == "task_timeout"
+
+
+def test_hard_time_limit_is_recorded_as_timeout(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    task_id = queued(store)
+    store.start(task_id, utcnow())
+    runtime.record_timeout(double, task_id)
+    record = store.get(task_id)
+    assert record is not None and record.error is not None
+    assert record.status is TaskStatus.FAILURE
+    assert record.error.type == "task_timeout"
+
+
+def test_cancelled_task_is_skipped_without_running(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    task_id = queued(store)
+    store.cancel(task_id, utcnow())
+    runtime.execute(double, task_id, {"n": 1})
+    assert calls == []
+    record = store.get(task_id)
+    assert record is not None and record.status is TaskStatus.CANCELLED
+
+
+def test_finished_task_is_not_run_again_on_redelivery(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    task_id = queued(store)
+    runtime.execute(double, task_id, {"n": 1})
+    runtime.execute(double, task_id, {"n": 1})
+    assert calls == [1]
+
+
+class _StoreDownAtFinish(SqliteTaskStore):
+    def finish(self, *args: Any, **kwargs: Any) -> bool:
+        raise ServiceUnavailable("result store (Redis) unavailable: ConnectionError")
+
+
+def test_result_that_cannot_be_stored_gives_the_message_back(
+    settings: Settings, store: SqliteTaskStore
+) -> None:
+    runtime = WorkerRuntime(settings, store_retry_s=0.2)
+    runtime.store  # noqa: B018  # open the per-process store, then swap in a failing one
+    runtime._store = _StoreDownAtFinish(settings.store_path(), ttl_s=60)
+    with pytest.raises(Reject) as rejected:
+        runtime.execute(double, queued(store), {"n": 1})
+    assert rejected.value.requeue is True  # type: ignore[attr-defined]  # set in __init__, not in the stubs
