@@ -1,6 +1,7 @@
 """The ``asyncml`` command: run the service's roles and try it by hand.
 
-Exit codes: 0 ok, 1 the task failed, 2 usage error, 3 the service is unavailable.
+Exit codes: 0 ok, 1 the task failed, 2 the request was wrong (bad option or input, unknown
+kind or id), 3 the service is unavailable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from asyncml.errors import AsyncmlError, ServiceUnavailable
+from asyncml.errors import (
+    AsyncmlError,
+    InputInvalid,
+    ServiceUnavailable,
+    TaskNotFound,
+    UnknownKind,
+)
 from asyncml.kinds import TaskKind
 from asyncml.registry import default_registry
 from asyncml.settings import Settings
@@ -45,8 +52,12 @@ def _settings() -> Settings:
 
 
 def _fail(exc: AsyncmlError) -> typer.Exit:
-    err_console.print(f"[red]{exc.type}:[/red] {exc.message}")
-    return typer.Exit(EXIT_UNAVAILABLE if isinstance(exc, ServiceUnavailable) else EXIT_FAILED)
+    err_console.print(f"[red]{exc.type}:[/red] {exc.message}", highlight=False)
+    if isinstance(exc, ServiceUnavailable):
+        return typer.Exit(EXIT_UNAVAILABLE)
+    if isinstance(exc, InputInvalid | UnknownKind | TaskNotFound):
+        return typer.Exit(EXIT_USAGE)
+    return typer.Exit(EXIT_FAILED)
 
 
 def _print(data: Any, as_json: bool) -> None:

@@ -55,10 +55,16 @@ def test_failed_task_exits_1(api: httpx.Client, files: FixtureServer) -> None:
     assert json.loads(done.stdout)["error"]["type"] == "audio_not_audio"
 
 
-def test_invalid_input_exits_1_with_the_server_message(api: httpx.Client) -> None:
+def test_invalid_input_exits_2_with_the_server_message(api: httpx.Client) -> None:
     done = asyncml("submit", "audio.length", "--audio-url", "nope", "--url", base_url(api))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "audio_url" in done.stderr
+
+
+def test_unknown_id_exits_2(api: httpx.Client) -> None:
+    done = asyncml("status", "no-such-id", "--url", base_url(api))
+    assert done.returncode == 2
+    assert "task_not_found" in done.stderr
 
 
 def test_missing_option_is_a_usage_error() -> None:

@@ -195,3 +195,9 @@ def test_readyz_is_ready_on_the_embedded_default(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "broker": "ok", "result_store": "ok"}
+
+
+def test_classic_callback_true_is_refused_with_422_naming_it(client: TestClient) -> None:
+    response = client.post("/audio/length", json={"audio_url": WAV_URL, "callback": True})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", "callback"]

@@ -56,3 +56,9 @@ def test_data_dir_is_where_the_embedded_files_live(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path)
     assert settings.store_path() == tmp_path / "tasks.sqlite3"
     assert str(tmp_path / "broker.sqlite3") in settings.broker_url_value()
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`ASYNCML_{n.upper()}`" not in readme]
+    assert missing == []

@@ -7,10 +7,11 @@ final, then ``200``, with Celery's status names (PENDING, STARTED, SUCCESS, FAIL
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, create_model
 
 from asyncml.api.deps import ServicesDep
-from asyncml.errors import InputInvalid, TaskNotFound
+from asyncml.errors import TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.store import TaskStatus
@@ -48,8 +49,14 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         services: ServicesDep,
     ) -> ClassicAccepted:
         if body.callback:  # type: ignore[attr-defined]  # added by create_model above
-            raise InputInvalid(
-                "callback: webhook callbacks are not available on this server; send false"
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "callback"),
+                        "msg": "webhook callbacks are not available on this server; send false",
+                        "type": "callback_unsupported",
+                    }
+                ]
             )
         inp = kind.input_model.model_validate(body.model_dump(exclude={"callback"}))
         record = await services.submit(kind, inp)
