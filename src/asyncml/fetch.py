@@ -8,11 +8,14 @@ to reach the metadata service, the broker or anything else on the private networ
 * connects to the address it checked, never re-resolving (DNS rebinding cannot swap in
   127.0.0.1 between check and connect); TLS SNI and the Host header still use the hostname;
 * follows redirects itself, one hop at a time, so every hop goes through the same check;
-* ignores proxy variables and ``.netrc``: a proxy would make the connect-time check moot.
+* ignores proxy variables and ``.netrc``: a proxy would make the connect-time check moot;
+* names a refused address only when the URL spelled it: for a hostname it names the category
+  alone, or refused fetches would map the internal DNS for whoever calls the API.
 
 The download streams to disk with a byte cap (checked against ``Content-Length`` up front and
-against the bytes actually received), per-phase timeouts and a wall-clock cap. Every failure is
-a ``FetchError`` whose message names the URL without its credentials.
+against the bytes actually received), per-phase timeouts and a wall-clock cap that every socket
+wait is clamped to (a server trickling bytes would otherwise reset the read timeout forever).
+Every failure is a ``FetchError`` whose message names the URL without its credentials.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpcore
 import httpx
@@ -42,7 +46,6 @@ _PRIVATE_HINT = "set ASYNCML_FETCH_ALLOW_PRIVATE=true to allow"
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
-_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,17 @@ def _refusal(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> str
         return None if allow_loopback else f"loopback address; {_LOOPBACK_HINT}"
     if ip.is_reserved:
         return "reserved address; never allowed"
-    if ip.is_global:
+    # fec0::/10 was deprecated (RFC 3879) without being reassigned, so Python calls it global;
+    # networks that still route it use it as private space.
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
+    if ip.is_global and not site_local:
         return None
     if allow_private:
         return None
     if ip.is_link_local:
         kind = "link-local address"
+    elif site_local:
+        kind = "site-local address"
     elif isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_ADDRESS_SPACE:
         kind = "shared (CGNAT) address"
     elif isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
@@ -102,14 +110,22 @@ def address_allowed(ip: IPAddress, *, allow_loopback: bool, allow_private: bool)
     """Whether the guard lets a fetch connect to ``ip``; pure, so the policy is testable offline.
 
     Public global unicast is allowed; loopback only with ``allow_loopback``; private,
-    link-local, unique-local, CGNAT and other non-global unicast only with ``allow_private``;
+    link-local, unique-local, site-local (fec0::/10), CGNAT and other non-global unicast only
+    with ``allow_private``;
     unspecified, multicast and reserved never. IPv4-mapped IPv6 is judged as its IPv4.
     """
     return _refusal(ip, allow_loopback=allow_loopback, allow_private=allow_private) is None
 
 
 def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to, in resolver order, without duplicates."""
+    """Every address ``host`` resolves to, in resolver order, without duplicates.
+
+    ``getaddrinfo`` takes no timeout, so ``total_timeout_s`` cannot cut a slow lookup short (it
+    only refuses to start the connection afterwards). The system resolver's own timeout and
+    retries (``resolv.conf``) end the lookup, and the task's time limit bounds the task: the
+    soft limit's exception is raised once ``getaddrinfo`` returns, the hard limit kills the
+    worker process regardless.
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -130,14 +146,67 @@ def _is_literal(host: str, ip: IPAddress) -> bool:
         return False
 
 
+def _with_article(reason: str) -> str:
+    """``reason`` read as "a private address" / "an unspecified address"."""
+    return f"an {reason}" if reason.startswith("unspecified") else f"a {reason}"
+
+
+def _time_left(deadline: float, timeout: float | None, error: type[Exception]) -> float:
+    """``timeout`` clamped to the time before ``deadline``; raises ``error`` once it is past.
+
+    httpcore fixes the read timeout when the body starts and applies it to each socket read, so
+    without the clamp the last read could start just before the deadline and wait a full read
+    timeout past it.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the download's total time limit has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every wait (read, write, TLS handshake) ends by the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        timeout = _time_left(self._deadline, timeout, httpcore.ReadTimeout)
+        return self._stream.read(max_bytes, timeout=timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        timeout = _time_left(self._deadline, timeout, httpcore.WriteTimeout)
+        self._stream.write(buffer, timeout=timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _time_left(self._deadline, timeout, httpcore.ConnectTimeout)
+        tls = self._stream.start_tls(ssl_context, server_hostname, timeout=timeout)
+        return _DeadlineStream(tls, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:  # Any: httpcore's own signature
+        return self._stream.get_extra_info(info)
+
+
 class _GuardedBackend(httpcore.SyncBackend):
     """Dial only addresses the policy allows, and exactly the ones that were checked."""
 
-    def __init__(self, *, resolver: Resolver, allow_loopback: bool, allow_private: bool) -> None:
+    def __init__(
+        self, *, resolver: Resolver, allow_loopback: bool, allow_private: bool, deadline: float
+    ) -> None:
         super().__init__()
         self._resolver = resolver
         self._allow_loopback = allow_loopback
         self._allow_private = allow_private
+        self._deadline = deadline
 
     def checked_addresses(self, host: str, port: int) -> list[IPAddress]:
         """Resolve ``host`` and return its addresses, or raise if any of them is refused."""
@@ -152,7 +221,10 @@ class _GuardedBackend(httpcore.SyncBackend):
                 continue
             if _is_literal(host, ip):
                 raise FetchBlocked(f"refusing to fetch from {ip} ({reason})")
-            raise FetchBlocked(f"refusing to fetch from {host}: it resolves to {ip} ({reason})")
+            # The caller typed the name, not the address: naming it would answer DNS queries.
+            raise FetchBlocked(
+                f"refusing to fetch from {host}: it resolves to {_with_article(reason)}"
+            )
         return addresses
 
     def connect_tcp(
@@ -166,13 +238,14 @@ class _GuardedBackend(httpcore.SyncBackend):
         last_error: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for ip in self.checked_addresses(host, port):
             try:
-                return super().connect_tcp(
+                stream = super().connect_tcp(
                     str(ip),
                     port,
-                    timeout=timeout,
+                    timeout=_time_left(self._deadline, timeout, httpcore.ConnectTimeout),
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                return _DeadlineStream(stream, self._deadline)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last_error = exc
         if last_error is None:  # unreachable: checked_addresses never returns an empty list
@@ -253,6 +326,7 @@ class Fetcher:
             resolver=self.resolver,
             allow_loopback=self.allow_loopback,
             allow_private=self.allow_private,
+            deadline=deadline,
         )
         with httpx.Client(
             transport=_GuardedTransport(backend),
@@ -317,7 +391,9 @@ class Fetcher:
         size = 0
         try:
             with dest.open("wb") as out, self._mapped_errors(shown, deadline):
-                for chunk in response.iter_bytes(_CHUNK_BYTES):
+                # No chunk size: a sized iterator buffers until that many bytes arrive, which
+                # kept a trickling server away from the deadline check below.
+                for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise FetchTooLarge(

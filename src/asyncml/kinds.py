@@ -26,11 +26,16 @@ _QUEUE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-kind limits. ``timeout_s`` is a soft limit; the hard kill follows a grace period."""
+    """Per-kind limits.
+
+    ``timeout_s`` is a soft limit; the hard kill follows ``grace_s`` later. ``max_attempts``
+    bounds how often a task is started at all: a message comes back after its worker died,
+    and a task that kills its worker every time (a poison task) must end, not loop.
+    """
 
     timeout_s: float = 60.0
     grace_s: float = 10.0
-    max_retries: int = 0
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,6 @@ class Classic:
     """A legacy route kept for existing clients: its path and how to shape its result.
 
     ``result`` turns the kind's output into what ``GET /task/{id}`` returned before v1.
-    ``extra_fields`` are body fields the classic route accepted beyond the input model.
     """
 
     path: str

@@ -34,7 +34,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[Launch, str]]:
 
 def wait_final(api: httpx.Client, task_id: str) -> dict[str, Any]:
     task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}", params={"wait": 30}).json()
-    assert task["status"] in {"SUCCESS", "FAILURE", "CANCELLED"}, task
+    assert task.get("status") in {"SUCCESS", "FAILURE", "CANCELLED"}, task
     return task
 
 

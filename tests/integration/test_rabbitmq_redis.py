@@ -20,7 +20,7 @@ def submit(api: httpx.Client, url: str) -> str:
 
 def wait_final(api: httpx.Client, task_id: str, wait: float = 30) -> dict[str, Any]:
     task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}", params={"wait": wait}).json()
-    assert task["status"] in {"SUCCESS", "FAILURE", "CANCELLED"}, task
+    assert task.get("status") in {"SUCCESS", "FAILURE", "CANCELLED"}, task
     return task
 
 

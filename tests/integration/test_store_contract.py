@@ -49,6 +49,11 @@ def test_unknown_id_reads_as_none(store: TaskStore) -> None:
     assert store.get("no-such-id") is None
 
 
+def test_unknown_id_cannot_start_nor_be_cancelled(store: TaskStore) -> None:
+    assert store.start("no-such-id", utcnow()) == 0
+    assert store.cancel("no-such-id", utcnow()).record is None
+
+
 def test_created_task_reads_back_queued(store: TaskStore) -> None:
     task = store.get(new_task(store))
     assert task is not None and task.status is TaskStatus.QUEUED
@@ -56,29 +61,36 @@ def test_created_task_reads_back_queued(store: TaskStore) -> None:
 
 def test_cancelled_task_cannot_start(store: TaskStore) -> None:
     task_id = new_task(store)
-    record = store.cancel(task_id, utcnow())
-    assert record is not None and record.status is TaskStatus.CANCELLED
-    assert store.start(task_id, utcnow()) is False
+    outcome = store.cancel(task_id, utcnow())
+    assert outcome.done
+    assert outcome.record is not None and outcome.record.status is TaskStatus.CANCELLED
+    assert store.start(task_id, utcnow()) == 0
+
+
+def test_second_cancel_reports_nothing_done(store: TaskStore) -> None:
+    task_id = new_task(store)
+    store.cancel(task_id, utcnow())
+    assert store.cancel(task_id, utcnow()).done is False
 
 
 def test_started_task_cannot_be_cancelled(store: TaskStore) -> None:
     task_id = new_task(store)
-    assert store.start(task_id, utcnow()) is True
-    record = store.cancel(task_id, utcnow())
-    assert record is not None and record.status is TaskStatus.STARTED
+    assert store.start(task_id, utcnow()) == 1
+    outcome = store.cancel(task_id, utcnow())
+    assert not outcome.done
+    assert outcome.record is not None and outcome.record.status is TaskStatus.STARTED
 
 
-def test_redelivered_task_may_start_again(store: TaskStore) -> None:
+def test_redelivered_task_starts_again_with_the_next_attempt_number(store: TaskStore) -> None:
     task_id = new_task(store)
-    assert store.start(task_id, utcnow())
-    assert store.start(task_id, utcnow())
+    assert [store.start(task_id, utcnow()) for _ in range(3)] == [1, 2, 3]
 
 
 def test_finished_task_is_never_run_again_nor_overwritten(store: TaskStore) -> None:
     task_id = new_task(store)
     store.start(task_id, utcnow())
     assert store.finish(task_id, TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.5})
-    assert store.start(task_id, utcnow()) is False
+    assert store.start(task_id, utcnow()) == 0
     assert store.finish(task_id, TaskStatus.FAILURE, utcnow(), result=None) is False
     record = store.get(task_id)
     assert record is not None
@@ -92,12 +104,11 @@ def _race_start_and_cancel(store: TaskStore, task_id: str) -> tuple[bool, bool]:
 
     def start() -> None:
         barrier.wait()
-        outcome["started"] = store.start(task_id, utcnow())
+        outcome["started"] = store.start(task_id, utcnow()) > 0
 
     def cancel() -> None:
         barrier.wait()
-        record = store.cancel(task_id, utcnow())
-        outcome["cancelled"] = record is not None and record.status is TaskStatus.CANCELLED
+        outcome["cancelled"] = store.cancel(task_id, utcnow()).done
 
     threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
     for thread in threads:

@@ -77,7 +77,7 @@ def test_cancelled_task_is_not_started_by_a_worker(
 ) -> None:
     task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
     client.delete(f"/v1/tasks/{task_id}")
-    assert store.start(task_id, utcnow()) is False
+    assert store.start(task_id, utcnow()) == 0
 
 
 def test_cancel_final_task_returns_409(client: TestClient, store: SqliteTaskStore) -> None:
@@ -201,3 +201,9 @@ def test_classic_callback_true_is_refused_with_422_naming_it(client: TestClient)
     response = client.post("/audio/length", json={"audio_url": WAV_URL, "callback": True})
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "callback"]
+
+
+def test_cancelling_twice_returns_409_the_second_time(client: TestClient) -> None:
+    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+    assert client.delete(f"/v1/tasks/{task_id}").status_code == 200
+    assert client.delete(f"/v1/tasks/{task_id}").status_code == 409

@@ -11,6 +11,7 @@ import ipaddress
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ from asyncml.settings import Settings
 
 BODY = b"RIFF" + bytes(range(256)) * 200  # 51,204 bytes
 STALL_DEADLINE_S = 30.0
+DRIP_INTERVAL_S = 0.1  # the drip routes send one body byte per interval
 
 
 class _Server(ThreadingHTTPServer):
@@ -30,7 +32,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.release = threading.Event()  # stalled handlers wait on this until teardown
+        self.release = threading.Event()  # stalled and dripping handlers stop at teardown
         self.paths: list[str] = []
         self.hosts: list[str] = []
 
@@ -73,6 +75,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(BODY[:1000])
                 self.wfile.flush()
                 self.server.release.wait(STALL_DEADLINE_S)
+            elif route == "/drip":
+                self._drip(100)  # 10 s of body: long past any cap these tests set
+            elif route == "/drip-then-stall":
+                self._drip(15)  # 1.5 s of bytes, then silence
+                self.server.release.wait(STALL_DEADLINE_S)
             else:
                 self._reply(500, b"unknown route")
         except (BrokenPipeError, ConnectionResetError):
@@ -96,6 +103,18 @@ class _Handler(BaseHTTPRequestHandler):
             piece = body[at : at + 4096]
             self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _drip(self, count: int) -> None:
+        """Send headers for a large body, then ``count`` single bytes one interval apart.
+
+        Each byte arrives well inside any read timeout, so only a wall-clock cap stops this.
+        """
+        self._start(200, {"Content-Length": str(len(BODY))})
+        for _ in range(count):
+            if self.server.release.wait(DRIP_INTERVAL_S):
+                return
+            self.wfile.write(b"x")
+            self.wfile.flush()
 
     def _redirect(self, location: str) -> None:
         self._reply(302, b"", {"Location": location})
@@ -158,6 +177,8 @@ PRIVATE = [
     "fc00::1",
     "fd12:3456::1",
     "fe80::1",
+    "fec0::1",
+    "feff::ffff",
     "::ffff:10.0.0.1",
     "::ffff:169.254.169.254",
 ]
@@ -281,9 +302,7 @@ def test_redirect_to_a_private_address_is_blocked_before_connecting(
 ) -> None:
     fetcher = _loopback_fetcher(resolver=_resolver({"internal.test": ["10.0.0.1"]}))
 
-    with pytest.raises(
-        FetchBlocked, match=r"internal\.test: it resolves to 10\.0\.0\.1 \(private address"
-    ):
+    with pytest.raises(FetchBlocked, match=r"internal\.test: it resolves to a private address"):
         fetcher.download(f"http://127.0.0.1:{server.port}/to-internal", tmp_path / "body.wav")
 
     assert connections == [("127.0.0.1", server.port)]
@@ -294,8 +313,41 @@ def test_host_with_any_refused_address_is_blocked(
 ) -> None:
     fetcher = Fetcher(resolver=_resolver({"mixed.test": ["8.8.8.8", "10.0.0.1"]}))
 
-    with pytest.raises(FetchBlocked, match=r"10\.0\.0\.1"):
+    with pytest.raises(FetchBlocked, match=r"mixed\.test: it resolves to a private address"):
         fetcher.download("http://mixed.test/audio", tmp_path / "body.wav")
+
+    assert connections == []
+
+
+def test_blocked_name_does_not_reveal_the_address_it_resolves_to(
+    tmp_path: Path, connections: list[tuple[str, int]]
+) -> None:
+    # Naming the address would let a caller map internal DNS one refused fetch at a time.
+    fetcher = Fetcher(resolver=_resolver({"internal.example": ["10.20.30.40"]}))
+
+    with pytest.raises(FetchBlocked) as caught:
+        fetcher.download("http://internal.example/audio", tmp_path / "body.wav")
+
+    assert caught.value.message == (
+        "refusing to fetch from internal.example: it resolves to a private address; "
+        "set ASYNCML_FETCH_ALLOW_PRIVATE=true to allow"
+    )
+    assert connections == []
+
+
+def test_blocked_ip_literal_names_the_address(tmp_path: Path) -> None:
+    with pytest.raises(FetchBlocked, match=r"refusing to fetch from 10\.20\.30\.40 \(private"):
+        Fetcher().download("http://10.20.30.40/audio", tmp_path / "body.wav")
+
+
+def test_site_local_ipv6_is_blocked_by_default(
+    tmp_path: Path, connections: list[tuple[str, int]]
+) -> None:
+    # Python counts the deprecated fec0::/10 as global; networks that still route it are private.
+    fetcher = Fetcher(resolver=_resolver({"old-site.test": ["fec0::1"]}))
+
+    with pytest.raises(FetchBlocked, match="site-local address; set ASYNCML_FETCH_ALLOW_PRIVATE"):
+        fetcher.download("http://old-site.test/audio", tmp_path / "body.wav")
 
     assert connections == []
 
@@ -367,6 +419,34 @@ def test_download_is_capped_by_the_total_timeout(server: _Server, tmp_path: Path
 
     with pytest.raises(FetchError, match=r"took longer than 0\.3 s"):
         fetcher.download(f"http://127.0.0.1:{server.port}/stall", tmp_path / "body.wav")
+
+
+def test_server_that_drips_bytes_is_cut_off_at_the_total_timeout(
+    server: _Server, tmp_path: Path
+) -> None:
+    # Each byte resets the read timeout, so only the wall-clock cap can end this download.
+    fetcher = _loopback_fetcher(read_timeout_s=20.0, total_timeout_s=1.0)
+    dest = tmp_path / "body.wav"
+    started = time.monotonic()
+
+    with pytest.raises(FetchError, match=r"took longer than 1\.0 s"):
+        fetcher.download(f"http://127.0.0.1:{server.port}/drip", dest)
+
+    assert time.monotonic() - started < 3.0
+    assert not dest.exists()
+
+
+def test_read_that_stalls_near_the_deadline_ends_at_the_deadline(
+    server: _Server, tmp_path: Path
+) -> None:
+    # The stall starts 1.5 s in; a read allowed the full read timeout would wait until ~3.5 s.
+    fetcher = _loopback_fetcher(read_timeout_s=20.0, total_timeout_s=2.0)
+    started = time.monotonic()
+
+    with pytest.raises(FetchError, match=r"took longer than 2\.0 s"):
+        fetcher.download(f"http://127.0.0.1:{server.port}/drip-then-stall", tmp_path / "body.wav")
+
+    assert time.monotonic() - started < 3.0
 
 
 def test_refused_connection_is_a_fetch_error(tmp_path: Path) -> None:

@@ -148,3 +148,28 @@ def test_result_that_cannot_be_stored_gives_the_message_back(
     with pytest.raises(Reject) as rejected:
         runtime.execute(double, queued(store), {"n": 1})
     assert rejected.value.requeue is True  # type: ignore[attr-defined]  # set in __init__, not in the stubs
+
+
+def test_task_whose_worker_died_every_time_ends_as_worker_lost(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    task_id = queued(store)
+    for _ in range(double.limits.max_attempts):  # deliveries whose worker was killed
+        store.start(task_id, utcnow())
+    runtime.execute(double, task_id, {"n": 1})
+    assert calls == []
+    record = store.get(task_id)
+    assert record is not None and record.error is not None
+    assert record.status is TaskStatus.FAILURE
+    assert record.error.type == "worker_lost"
+
+
+def test_redelivery_after_one_worker_death_runs_the_task(
+    runtime: WorkerRuntime, store: SqliteTaskStore
+) -> None:
+    task_id = queued(store)
+    store.start(task_id, utcnow())  # the first delivery's worker was killed
+    runtime.execute(double, task_id, {"n": 4})
+    assert calls == [4]
+    record = store.get(task_id)
+    assert record is not None and record.status is TaskStatus.SUCCESS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,6 +17,8 @@ from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.settings import Settings
 from asyncml.store import AsyncTaskStore, TaskRecord, TaskStatus, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,8 +40,13 @@ class Services:
         payload = inp.model_dump(mode="json")
         try:
             await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload)
-        except ServiceUnavailable:
-            await self.store.delete(record.id)
+        except BaseException:
+            # Also on cancellation (client gone): the record must not outlive its message.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.store.delete(record.id)
+                except ServiceUnavailable:
+                    log.error("task %s not queued and its record not deleted", record.id)
             raise
         return record
 

@@ -126,10 +126,11 @@ def build_router(registry: Registry) -> APIRouter:
     )
     async def cancel_task(task_id: str, services: ServicesDep) -> TaskView:
         """Cancel a task that has not started; it will not run, on any broker."""
-        record = await services.store.cancel(task_id, utcnow())
+        outcome = await services.store.cancel(task_id, utcnow())
+        record = outcome.record
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
-        if record.status is not TaskStatus.CANCELLED:
+        if not outcome.done:
             raise TaskConflict(
                 f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
             )

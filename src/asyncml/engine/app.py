@@ -6,6 +6,7 @@ import logging
 import math
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
@@ -38,6 +39,7 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.publish_timeout_s / 3,  # 3 attempts per publish
         "broker_pool_limit": 10,
+        "broker_pool_acquire_timeout": settings.publish_timeout_s,
         "task_queues": [
             Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True)
             for q in registry.queues
@@ -48,6 +50,10 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_acks_late": True,
+        # Said explicitly: a hard time limit must ack (Celery's default today), else the
+        # message comes back and the task is killed again, for ever.
+        "task_acks_on_failure": True,
+        "task_acks_on_timeout": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
@@ -117,7 +123,12 @@ class Engine:
             )
 
     def publish(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
-        """Blocking publish (run it in a thread); waits for the broker's confirm on AMQP."""
+        """Blocking publish (run it in a thread); waits for the broker's confirm on AMQP.
+
+        Every wait is bounded by the publish timeout (pool, connection, confirm), so a
+        stalled broker gives the client a 503, not a hung request.
+        """
+        timeout = self.settings.publish_timeout_s
         try:
             self.celery.send_task(
                 kind.name,
@@ -132,11 +143,22 @@ class Engine:
                     "interval_step": 0.2,
                     "interval_max": 0.5,
                 },
+                timeout=timeout,
+                confirm_timeout=timeout,
             )
+        except MessageNacked as exc:
+            log.warning("broker refused %s task %s", kind.name, task_id)
+            raise ServiceUnavailable("the broker refused the task (nack); retry later") from exc
         except self._connection_errors as exc:
             log.warning("publish failed for %s task %s: %s", kind.name, task_id, type(exc).__name__)
             raise ServiceUnavailable(
                 f"the broker is unavailable, task not queued ({type(exc).__name__}); retry later"
+            ) from exc
+        except Exception as exc:
+            # Not a known outage, but the task is not queued either: say so, keep the trace.
+            log.exception("unexpected publish failure for %s task %s", kind.name, task_id)
+            raise ServiceUnavailable(
+                f"the task could not be queued ({type(exc).__name__}); retry later"
             ) from exc
 
     def ping_broker(self) -> None:

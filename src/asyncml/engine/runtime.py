@@ -53,30 +53,75 @@ class WorkerRuntime:
             self._pid = os.getpid()
         return self._store
 
-    def _retrying(self) -> Retrying:
+    def _retrying(self, within_s: float | None = None) -> Retrying:
         return Retrying(
             retry=retry_if_exception_type(ServiceUnavailable),
-            stop=stop_after_delay(self.store_retry_s),
+            stop=stop_after_delay(min(self.store_retry_s, within_s or self.store_retry_s)),
             wait=wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.1),
             reraise=True,
         )
 
+    def _finish(
+        self,
+        kind: TaskKind[Any, Any],
+        task_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: ErrorBody | None = None,
+    ) -> TaskStatus:
+        """Store the outcome, retrying within the grace period; else give the message back.
+
+        The retry stays inside ``grace_s`` so the hard time limit does not cut it short;
+        a result that cannot be stored is worth a re-run, never a silent loss.
+        """
+        status = TaskStatus.SUCCESS if error is None else TaskStatus.FAILURE
+        retrying = self._retrying(within_s=0.8 * kind.limits.grace_s)
+        try:
+            retrying(self.store.finish, task_id, status, utcnow(), result=result, error=error)
+        except (ServiceUnavailable, SoftTimeLimitExceeded) as exc:
+            raise Reject(f"cannot store the outcome: {exc!r}", requeue=True) from exc
+        return status
+
     def record_timeout(self, kind: TaskKind[Any, Any], task_id: str) -> None:
+        """Called in the worker's main process after a hard kill: one quick attempt only.
+
+        Retrying here would stall the main process (message intake, heartbeats). The store
+        is opened and closed here, never kept: children forked later must not inherit it.
+        """
         error = ErrorBody(
             type=TaskTimeout.type,
             message=f"{kind.name} was killed after its hard time limit of "
             f"{kind.limits.timeout_s + kind.limits.grace_s:g} s",
         )
-        self._retrying()(self.store.finish, task_id, TaskStatus.FAILURE, utcnow(), error=error)
+        store = open_store(self.settings)
+        try:
+            store.finish(task_id, TaskStatus.FAILURE, utcnow(), error=error)
+        except ServiceUnavailable as exc:
+            log.error("%s task %s timed out; could not record it: %s", kind.name, task_id, exc)
+        finally:
+            store.close()
 
     def execute(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
-        store = self.store
         try:
-            started = self._retrying()(store.start, task_id, utcnow())
+            attempt = self._retrying(within_s=kind.limits.timeout_s / 2)(
+                self.store.start, task_id, utcnow()
+            )
         except ServiceUnavailable as exc:
             raise Reject(str(exc), requeue=True) from exc
-        if not started:
+        if not attempt:
             log.info("skipping %s task %s: cancelled, finished or expired", kind.name, task_id)
+            return
+        if attempt > kind.limits.max_attempts:
+            log.error("%s task %s: attempt %d, giving up", kind.name, task_id, attempt)
+            self._finish(
+                kind,
+                task_id,
+                error=ErrorBody(
+                    type="worker_lost",
+                    message=f"{kind.name} was started {attempt - 1} times and its worker "
+                    "process died each time (crash, out of memory or kill); not retried",
+                ),
+            )
             return
         assert self._ctx is not None
         self._ctx.task_id = task_id
@@ -96,10 +141,5 @@ class WorkerRuntime:
         except Exception as exc:
             log.exception("%s task %s crashed", kind.name, task_id)
             error = ErrorBody(type="internal_error", message=f"{type(exc).__name__}: {exc}")
-        status = TaskStatus.SUCCESS if error is None else TaskStatus.FAILURE
-        try:
-            self._retrying()(store.finish, task_id, status, utcnow(), result=result, error=error)
-        except ServiceUnavailable as exc:
-            # Give the message back: running the task again beats losing its result.
-            raise Reject(str(exc), requeue=True) from exc
+        status = self._finish(kind, task_id, result=result, error=error)
         log.info("%s task %s finished: %s", kind.name, task_id, status.value)

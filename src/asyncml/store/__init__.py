@@ -9,7 +9,7 @@ SQLite in the embedded default.
 from __future__ import annotations
 
 from asyncml.settings import Settings
-from asyncml.store.base import AsyncTaskStore, TaskStore
+from asyncml.store.base import AsyncTaskStore, Cancelled, TaskStore
 from asyncml.store.records import (
     FINAL_STATUSES,
     ErrorBody,
@@ -47,6 +47,7 @@ def open_async_store(settings: Settings) -> AsyncTaskStore:
 __all__ = [
     "FINAL_STATUSES",
     "AsyncTaskStore",
+    "Cancelled",
     "ErrorBody",
     "TaskRecord",
     "TaskStatus",

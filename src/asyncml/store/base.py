@@ -9,10 +9,19 @@ cancel racing a worker's start has exactly one winner on every backend::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What a cancel did: ``done`` only if this call moved the task from QUEUED."""
+
+    record: TaskRecord | None
+    done: bool
 
 
 class TaskStore(Protocol):
@@ -22,8 +31,11 @@ class TaskStore(Protocol):
 
     def delete(self, task_id: str) -> None: ...
 
-    def start(self, task_id: str, at: datetime) -> bool:
-        """QUEUED or STARTED (a redelivery) -> STARTED; False means: do not run it."""
+    def start(self, task_id: str, at: datetime) -> int:
+        """QUEUED or STARTED (a redelivery) -> STARTED; returns this attempt's number.
+
+        0 means: do not run it (cancelled, final or unknown).
+        """
         ...
 
     def finish(
@@ -36,8 +48,8 @@ class TaskStore(Protocol):
         error: ErrorBody | None = None,
     ) -> bool: ...
 
-    def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
-        """QUEUED -> CANCELLED; returns the record as it stands afterwards."""
+    def cancel(self, task_id: str, at: datetime) -> Cancelled:
+        """QUEUED -> CANCELLED."""
         ...
 
     def ping(self) -> None: ...
@@ -52,7 +64,7 @@ class AsyncTaskStore(Protocol):
 
     async def delete(self, task_id: str) -> None: ...
 
-    async def cancel(self, task_id: str, at: datetime) -> TaskRecord | None: ...
+    async def cancel(self, task_id: str, at: datetime) -> Cancelled: ...
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         """Return once the task is final or ``timeout_s`` passed, whichever is first."""

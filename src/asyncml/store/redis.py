@@ -14,24 +14,29 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from asyncml.errors import ServiceUnavailable
+from asyncml.store.base import Cancelled
 from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
 
 _PREFIX = "asyncml:task:"
 _CHANNEL_PREFIX = "asyncml:done:"
 
-# KEYS[1] record; ARGV[1] started_at
+# KEYS[1] record; ARGV[1] started_at. Returns the attempt number, 0 for "do not run".
 _START = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'QUEUED' then
   redis.call('HSET', KEYS[1], 'status', 'STARTED', 'started_at', ARGV[1])
-  return 1
-elseif s == 'STARTED' then
-  return 1
+elseif s ~= 'STARTED' then
+  return 0
 end
-return 0
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 # KEYS[1] record, KEYS[2] channel; ARGV status, finished_at, result, error, ttl
 _FINISH = """
@@ -93,6 +98,26 @@ def _parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
     )
 
 
+def _client_options() -> dict[str, Any]:
+    # socket_timeout bounds commands against a hung Redis (503, not a hung request); a
+    # long-poll passes its own timeout to get_message and is not cut short by it.
+    return {
+        "socket_connect_timeout": 5,
+        "socket_timeout": 10,
+        "health_check_interval": 30,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def _retry() -> Retry:
+    """A pooled connection is dead after Redis restarts: reconnect and retry, briefly."""
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+
+
+def _async_retry() -> AsyncRetry:
+    return AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+
+
 def _unavailable(exc: RedisError) -> ServiceUnavailable:
     # The message names the failure, never the URL: it may carry a password.
     return ServiceUnavailable(f"result store (Redis) unavailable: {type(exc).__name__}")
@@ -101,9 +126,7 @@ def _unavailable(exc: RedisError) -> ServiceUnavailable:
 class RedisTaskStore:
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
-        self._r = redis.Redis.from_url(
-            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
-        )
+        self._r = redis.Redis.from_url(url, **_client_options(), retry=_retry())
         self._start = self._r.register_script(_START)
         self._finish = self._r.register_script(_FINISH)
         self._cancel = self._r.register_script(_CANCEL)
@@ -129,9 +152,9 @@ class RedisTaskStore:
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
-    def start(self, task_id: str, at: datetime) -> bool:
+    def start(self, task_id: str, at: datetime) -> int:
         try:
-            return bool(self._start(keys=[_key(task_id)], args=[at.isoformat()]))
+            return int(self._start(keys=[_key(task_id)], args=[at.isoformat()]))
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
@@ -156,12 +179,14 @@ class RedisTaskStore:
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
-    def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+    def cancel(self, task_id: str, at: datetime) -> Cancelled:
         try:
-            self._cancel(keys=[_key(task_id), _channel(task_id)], args=[at.isoformat(), self.ttl_s])
+            before = self._cancel(
+                keys=[_key(task_id), _channel(task_id)], args=[at.isoformat(), self.ttl_s]
+            )
         except RedisError as exc:
             raise _unavailable(exc) from exc
-        return self.get(task_id)
+        return Cancelled(self.get(task_id), done=before == b"QUEUED")
 
     def ping(self) -> None:
         try:
@@ -176,9 +201,7 @@ class RedisTaskStore:
 class AsyncRedisTaskStore:
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
-        self._r = aioredis.Redis.from_url(
-            url, socket_connect_timeout=5, socket_timeout=None, health_check_interval=30
-        )
+        self._r = aioredis.Redis.from_url(url, **_client_options(), retry=_async_retry())
         self._cancel = self._r.register_script(_CANCEL)
 
     async def create(self, record: TaskRecord) -> None:
@@ -202,14 +225,14 @@ class AsyncRedisTaskStore:
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
-    async def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+    async def cancel(self, task_id: str, at: datetime) -> Cancelled:
         try:
-            await self._cancel(
+            before = await self._cancel(
                 keys=[_key(task_id), _channel(task_id)], args=[at.isoformat(), self.ttl_s]
             )
         except RedisError as exc:
             raise _unavailable(exc) from exc
-        return await self.get(task_id)
+        return Cancelled(await self.get(task_id), done=before == b"QUEUED")
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         deadline = time.monotonic() + timeout_s

@@ -20,6 +20,7 @@ from typing import Any
 import anyio.to_thread
 
 from asyncml.errors import ServiceUnavailable
+from asyncml.store.base import Cancelled
 from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
 
 _SCHEMA = """
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     submitted_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT,
-    expires_at REAL
+    expires_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
 """
@@ -65,6 +67,9 @@ class SqliteTaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+            if "attempts" not in columns:  # a data folder from before attempts were counted
+                conn.execute("ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -102,13 +107,14 @@ class SqliteTaskStore:
     def delete(self, task_id: str) -> None:
         self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
-    def start(self, task_id: str, at: datetime) -> bool:
-        cur = self._execute(
-            "UPDATE tasks SET status = 'STARTED', started_at = COALESCE(started_at, ?) "
-            "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
+    def start(self, task_id: str, at: datetime) -> int:
+        row = self._execute(
+            "UPDATE tasks SET status = 'STARTED', started_at = COALESCE(started_at, ?), "
+            "attempts = attempts + 1 WHERE id = ? AND status IN ('QUEUED', 'STARTED') "
+            "RETURNING attempts",
             (at.isoformat(), task_id),
-        )
-        return cur.rowcount == 1
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def finish(
         self,
@@ -136,13 +142,13 @@ class SqliteTaskStore:
             self.purge_expired()
         return cur.rowcount == 1
 
-    def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
-        self._execute(
+    def cancel(self, task_id: str, at: datetime) -> Cancelled:
+        cur = self._execute(
             "UPDATE tasks SET status = 'CANCELLED', finished_at = ?, expires_at = ? "
             "WHERE id = ? AND status = 'QUEUED'",
             (at.isoformat(), time.time() + self.ttl_s, task_id),
         )
-        return self.get(task_id)
+        return Cancelled(self.get(task_id), done=cur.rowcount == 1)
 
     def purge_expired(self) -> int:
         cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
@@ -176,7 +182,7 @@ class AsyncSqliteTaskStore:
     async def delete(self, task_id: str) -> None:
         await anyio.to_thread.run_sync(self._store.delete, task_id)
 
-    async def cancel(self, task_id: str, at: datetime) -> TaskRecord | None:
+    async def cancel(self, task_id: str, at: datetime) -> Cancelled:
         return await anyio.to_thread.run_sync(self._store.cancel, task_id, at)
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
