@@ -24,7 +24,7 @@ from asyncml.errors import (
 )
 from asyncml.kinds import TaskKind
 from asyncml.registry import default_registry
-from asyncml.settings import Settings
+from asyncml.settings import Settings, redact_url
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
@@ -146,25 +146,44 @@ def up(
 
     settings = _settings()
     configure_logging(settings, "up")
-    if settings.embedded_broker:
-        from asyncml.engine.embedded import recover_unacked
-        from asyncml.store import open_store
-
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings)
-        recover_unacked(settings, store)
-        store.close()
     worker_argv = python_argv("worker")
     if concurrency:
         worker_argv += ["--concurrency", str(concurrency)]
-    children = [Child("api", python_argv("api")), Child("worker", worker_argv)]
-    where = "embedded SQLite" if settings.embedded_broker else "configured broker"
-    console.print(
-        f"asyncml up: API on http://{settings.api_host}:{settings.api_port} "
-        f"({where}); Ctrl-C to stop",
-        highlight=False,
-    )
-    raise typer.Exit(Supervisor(children, env=os.environ).run())
+    api_child = Child("api", python_argv("api"))
+    if not settings.embedded_broker:
+        where = redact_url(settings.broker_url_value())
+        children = [api_child, Child("worker", worker_argv)]
+        console.print(f"asyncml up: API on {_api_url(settings)}, broker {where}", highlight=False)
+        raise typer.Exit(Supervisor(children, env=os.environ).run())
+
+    from asyncml.engine.embedded import exclusive, recover_unacked
+    from asyncml.store import open_store
+
+    def recover() -> None:
+        # Before every worker start: a worker that died left its messages invisible.
+        store = open_store(settings)
+        try:
+            recover_unacked(settings, store)
+        finally:
+            store.close()
+
+    children = [api_child, Child("worker", worker_argv, before_start=recover)]
+    try:
+        with exclusive(settings.data_dir):
+            console.print(
+                f"asyncml up: API on {_api_url(settings)}, embedded engine in "
+                f"{settings.data_dir.resolve()}; Ctrl-C to stop",
+                highlight=False,
+            )
+            code = Supervisor(children, env=os.environ).run()
+    except RuntimeError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_USAGE) from exc
+    raise typer.Exit(code)
+
+
+def _api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
 
 
 @app.command()

@@ -21,6 +21,7 @@ and the client maps ``type`` back to the class::
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 
@@ -136,3 +137,15 @@ def error_class_for(type_: str) -> type[AsyncmlError]:
         if cls.type == type_:
             return cls
     return AsyncmlError
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """One readable line from pydantic/FastAPI error entries: ``field: what is wrong; ...``.
+
+    The ``body`` prefix FastAPI adds to locations is dropped: the client knows it sent one.
+    """
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid input"

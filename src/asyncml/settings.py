@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8000, ge=0, le=65535, description="Port the API listens on.")
+    api_max_body_bytes: int = Field(
+        default=1_048_576, gt=0, description="Largest request body accepted (413 above)."
+    )
     result_ttl_s: int = Field(
         default=48 * HOURS, gt=0, description="Seconds a finished task's record is kept."
     )

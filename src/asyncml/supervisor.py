@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -28,10 +28,13 @@ _MAX_CRASHES = 5
 class Child:
     name: str
     argv: Sequence[str]
+    before_start: Callable[[], object] | None = None
     proc: subprocess.Popen[bytes] | None = None
     crashes: list[float] = field(default_factory=list)
 
     def start(self, env: Mapping[str, str]) -> None:
+        if self.before_start is not None:
+            self.before_start()
         self.proc = subprocess.Popen(
             list(self.argv), env=dict(env), start_new_session=True, preexec_fn=_die_with_parent
         )

@@ -207,3 +207,18 @@ def test_cancelling_twice_returns_409_the_second_time(client: TestClient) -> Non
     task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
     assert client.delete(f"/v1/tasks/{task_id}").status_code == 200
     assert client.delete(f"/v1/tasks/{task_id}").status_code == 409
+
+
+def test_oversized_body_is_refused_with_413(client: TestClient) -> None:
+    huge = {"audio_url": WAV_URL, "padding": "x" * 2_000_000}
+    response = client.post("/v1/tasks/audio.length", json=huge)
+    assert response.status_code == 413
+    assert response.json()["type"] == "body_too_large"
+
+
+def test_oversized_chunked_body_is_refused_with_413(client: TestClient) -> None:
+    chunks = (b"x" * 65_536 for _ in range(40))  # no Content-Length: counted as it streams
+    response = client.post(
+        "/v1/tasks/audio.length", content=chunks, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -14,9 +13,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asyncml.api import classic, v1
+from asyncml.api.body_limit import BodyLimit
 from asyncml.api.deps import Services, ServicesDep
 from asyncml.engine import Engine
-from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable
+from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable, describe_errors
 from asyncml.registry import Registry, default_registry
 from asyncml.settings import Settings
 from asyncml.store import open_async_store
@@ -24,17 +24,8 @@ from asyncml.store import open_async_store
 log = logging.getLogger(__name__)
 
 
-def describe_request_errors(errors: Any) -> str:
-    parts = []
-    for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
-def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
-    settings = settings or Settings()
+def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
+    """Settings come from the caller (the edge); the registry defaults to the built-ins."""
     registry = registry or default_registry()
 
     @asynccontextmanager
@@ -63,7 +54,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        body = InputInvalid(describe_request_errors(errors)).to_body()
+        body = InputInvalid(describe_errors(errors)).to_body()
         body["errors"] = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
             for e in errors
@@ -72,7 +63,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "http_error"
+        kind = {404: "not_found", 413: "body_too_large"}.get(exc.status_code, "http_error")
         return JSONResponse(
             {"type": kind, "message": str(exc.detail)},
             status_code=exc.status_code,
@@ -104,6 +95,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             status_code=200 if ready else 503,
         )
 
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.include_router(v1.build_router(registry))
     app.include_router(classic.build_router(registry))
     return app

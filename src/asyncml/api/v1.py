@@ -4,7 +4,6 @@ No ``from __future__ import annotations`` here: FastAPI must see each kind's inp
 as a real object in the generated endpoint's signature to validate and document it.
 """
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
@@ -14,7 +13,7 @@ from asyncml.api.deps import ServicesDep
 from asyncml.errors import TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
-from asyncml.store import ErrorBody, TaskRecord, TaskStatus, utcnow
+from asyncml.store import TaskRecord, TaskStatus, utcnow
 
 MAX_WAIT_S = 30.0
 
@@ -25,17 +24,6 @@ class TaskAccepted(BaseModel):
     status: TaskStatus
 
 
-class TaskView(BaseModel):
-    id: str
-    kind: str
-    status: TaskStatus
-    result: Any = None
-    error: ErrorBody | None = None
-    submitted_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
 class KindView(BaseModel):
     name: str
     queue: str
@@ -44,10 +32,6 @@ class KindView(BaseModel):
     input_schema: dict[str, Any]
     output_schema: dict[str, Any]
     classic_path: str | None = None
-
-
-def task_view(record: TaskRecord) -> TaskView:
-    return TaskView.model_validate(record.model_dump())
 
 
 def kind_view(kind: TaskKind[Any, Any]) -> KindView:
@@ -101,7 +85,7 @@ def build_router(registry: Registry) -> APIRouter:
     async def submit_unknown(kind: str) -> None:
         registry.get(kind)  # raises UnknownKind (404) listing the known kinds
 
-    @router.get("/tasks/{task_id}", response_model=TaskView, tags=["tasks"])
+    @router.get("/tasks/{task_id}", response_model=TaskRecord, tags=["tasks"])
     async def get_task(
         task_id: str,
         services: ServicesDep,
@@ -109,22 +93,22 @@ def build_router(registry: Registry) -> APIRouter:
             float,
             Query(ge=0, le=MAX_WAIT_S, description="Long-poll: seconds to wait for a final state"),
         ] = 0,
-    ) -> TaskView:
+    ) -> TaskRecord:
         if wait > 0:
             record = await services.store.wait(task_id, wait)
         else:
             record = await services.store.get(task_id)
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
-        return task_view(record)
+        return record
 
     @router.delete(
         "/tasks/{task_id}",
-        response_model=TaskView,
+        response_model=TaskRecord,
         tags=["tasks"],
         responses={409: {"description": "The task has started or is already final."}},
     )
-    async def cancel_task(task_id: str, services: ServicesDep) -> TaskView:
+    async def cancel_task(task_id: str, services: ServicesDep) -> TaskRecord:
         """Cancel a task that has not started; it will not run, on any broker."""
         outcome = await services.store.cancel(task_id, utcnow())
         record = outcome.record
@@ -134,7 +118,7 @@ def build_router(registry: Registry) -> APIRouter:
             raise TaskConflict(
                 f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
             )
-        return task_view(record)
+        return record
 
     @router.get("/kinds", response_model=list[KindView], tags=["kinds"])
     async def list_kinds() -> list[KindView]:

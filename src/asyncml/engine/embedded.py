@@ -13,9 +13,12 @@ Two gaps of the stock transport are closed here:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +61,13 @@ def broker_url(data_dir: Path) -> str:
 
 
 def recover_unacked(settings: Settings, store: TaskStore) -> tuple[int, int]:
-    """Return (restored, deleted) counts of invisible messages in the embedded broker."""
+    """Return (restored, deleted) counts of messages in the embedded broker.
+
+    Run only while no worker of this data folder is alive. For each task that is not
+    final, exactly one message stays: a visible one if the task was already requeued
+    (Celery puts a fresh copy back when a worker is lost), else its invisible orphan made
+    visible again. Every other copy, and every message of a final or expired task, goes.
+    """
     path = (settings.data_dir / "broker.sqlite3").resolve()
     if not path.exists():
         return (0, 0)
@@ -66,16 +75,30 @@ def recover_unacked(settings: Settings, store: TaskStore) -> tuple[int, int]:
     try:
         try:
             rows = conn.execute(
-                "SELECT id, payload FROM kombu_message WHERE visible = 0"
+                "SELECT id, visible, payload FROM kombu_message ORDER BY id"
             ).fetchall()
         except sqlite3.OperationalError:  # no table yet: nothing was ever queued
             return (0, 0)
-        restore: list[int] = []
+        by_task: dict[str, list[tuple[int, bool]]] = {}
         delete: list[int] = []
-        for msg_id, payload in rows:
+        for msg_id, visible, payload in rows:
             task_id = _task_id(payload)
-            record = store.get(task_id) if task_id else None
-            (restore if record is not None and not record.final else delete).append(msg_id)
+            if task_id is None:
+                continue  # not ours to judge
+            by_task.setdefault(task_id, []).append((msg_id, bool(visible)))
+        restore: list[int] = []
+        for task_id, messages in by_task.items():
+            hidden = [m for m, visible in messages if not visible]
+            if not hidden:
+                continue
+            record = store.get(task_id)
+            if record is None or record.final:
+                delete.extend(m for m, _ in messages)
+            elif any(visible for _, visible in messages):
+                delete.extend(hidden)
+            else:
+                restore.append(hidden[0])
+                delete.extend(hidden[1:])
         with conn:
             conn.executemany(
                 "UPDATE kombu_message SET visible = 1 WHERE id = ?", [(i,) for i in restore]
@@ -86,6 +109,21 @@ def recover_unacked(settings: Settings, store: TaskStore) -> tuple[int, int]:
     if restore:
         log.warning("embedded broker: restored %d unacknowledged task(s)", len(restore))
     return (len(restore), len(delete))
+
+
+@contextmanager
+def exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold the data folder for one ``asyncml up``: recovery assumes no other worker."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "up.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another asyncml up is running on {data_dir.resolve()}; "
+                "stop it or set ASYNCML_DATA_DIR to another folder"
+            ) from None
+        yield
 
 
 def _task_id(payload: str) -> str | None:

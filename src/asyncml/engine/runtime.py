@@ -15,7 +15,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable, TaskTimeout
+from asyncml.errors import (
+    AsyncmlError,
+    InputInvalid,
+    ServiceUnavailable,
+    TaskTimeout,
+    describe_errors,
+)
 from asyncml.kinds import TaskContext, TaskKind
 from asyncml.settings import Settings
 from asyncml.store import ErrorBody, TaskStatus, TaskStore, open_store, utcnow
@@ -25,14 +31,6 @@ log = logging.getLogger(__name__)
 # A worker that cannot reach the store keeps trying for this long before it gives the
 # message back to the broker (the task then runs again rather than being lost).
 _STORE_RETRY_S = 60.0
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 class WorkerRuntime:
@@ -135,7 +133,7 @@ class WorkerRuntime:
                 message=f"{kind.name} ran past its time limit of {kind.limits.timeout_s:g} s",
             )
         except ValidationError as exc:
-            error = ErrorBody(type=InputInvalid.type, message=describe_validation_error(exc))
+            error = ErrorBody(type=InputInvalid.type, message=describe_errors(exc.errors()))
         except AsyncmlError as exc:
             error = ErrorBody.model_validate(exc.to_body())
         except Exception as exc:
