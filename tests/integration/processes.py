@@ -177,6 +177,24 @@ class ServiceProcess:
             self._reader.join(timeout=10)
 
 
+class Launcher:
+    """Starts asyncml roles with one environment and stops every one of them at the end."""
+
+    def __init__(self, env: Mapping[str, str], workdir: Path) -> None:
+        self.env = dict(env)
+        self.workdir = workdir
+        self.started: list[ServiceProcess] = []
+
+    def __call__(self, name: str, args: list[str]) -> ServiceProcess:
+        process = ServiceProcess(name, args, env=self.env, workdir=self.workdir).start()
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            process.stop()
+
+
 def wait_until_ready(base_url: str, process: ServiceProcess, timeout: float = 60.0) -> None:
     """Poll /readyz until 200: the start-up probe an orchestrator would use."""
     deadline = time.monotonic() + timeout

@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fixture_server import FixtureServer
-from processes import ServiceProcess, service_env, wait_until_ready
+from http_api import wait_final
+from processes import Launcher, service_env, wait_until_ready
 from services import free_ports
-
-Launch = Callable[[str, list[str]], ServiceProcess]
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[tuple[Launch, str]]:
+def embedded(tmp_path: Path) -> Iterator[tuple[Launcher, str]]:
     """Start asyncml roles on one embedded data folder and one API port; stop all after."""
     (port,) = free_ports(1)
-    env = service_env(data_dir=tmp_path / "data", api_port=port)
-    started: list[ServiceProcess] = []
-
-    def launch(name: str, args: list[str]) -> ServiceProcess:
-        process = ServiceProcess(name, args, env=env, workdir=tmp_path).start()
-        started.append(process)
-        return process
-
+    launch = Launcher(service_env(data_dir=tmp_path / "data", api_port=port), tmp_path)
     yield launch, f"http://127.0.0.1:{port}"
-    for process in started:
-        process.stop()
+    launch.stop_all()
 
 
-def wait_final(api: httpx.Client, task_id: str) -> dict[str, Any]:
-    task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}", params={"wait": 30}).json()
-    assert task.get("status") in {"SUCCESS", "FAILURE", "CANCELLED"}, task
-    return task
-
-
-def test_up_serves_the_classic_flow(embedded: tuple[Launch, str], files: FixtureServer) -> None:
+def test_up_serves_the_classic_flow(embedded: tuple[Launcher, str], files: FixtureServer) -> None:
     launch, base_url = embedded
     up = launch("up", ["up", "--concurrency", "1"])
     wait_until_ready(base_url, up)
@@ -53,7 +37,7 @@ def test_up_serves_the_classic_flow(embedded: tuple[Launch, str], files: Fixture
 
 
 def test_ctrl_c_stops_up_and_everything_it_started(
-    embedded: tuple[Launch, str],
+    embedded: tuple[Launcher, str],
 ) -> None:
     launch, base_url = embedded
     up = launch("up", ["up", "--concurrency", "1"])
@@ -65,7 +49,9 @@ def test_ctrl_c_stops_up_and_everything_it_started(
     assert "all stopped" in up.tail()
 
 
-def test_queued_tasks_survive_a_restart(embedded: tuple[Launch, str], files: FixtureServer) -> None:
+def test_queued_tasks_survive_a_restart(
+    embedded: tuple[Launcher, str], files: FixtureServer
+) -> None:
     launch, base_url = embedded
     api_only = launch("api", ["api"])
     wait_until_ready(base_url, api_only)
@@ -86,7 +72,7 @@ def test_queued_tasks_survive_a_restart(embedded: tuple[Launch, str], files: Fix
 
 
 def test_cancelled_task_never_runs_on_the_embedded_broker(
-    embedded: tuple[Launch, str], files: FixtureServer
+    embedded: tuple[Launcher, str], files: FixtureServer
 ) -> None:
     launch, base_url = embedded
     api_only = launch("api", ["api"])
@@ -107,7 +93,7 @@ def test_cancelled_task_never_runs_on_the_embedded_broker(
 
 
 def test_task_of_a_killed_embedded_worker_is_recovered_by_the_next_up(
-    embedded: tuple[Launch, str], files: FixtureServer
+    embedded: tuple[Launcher, str], files: FixtureServer
 ) -> None:
     launch, base_url = embedded
     up = launch("up", ["up", "--concurrency", "1"])

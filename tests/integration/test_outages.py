@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fixture_server import FixtureServer
-from processes import ServiceProcess, service_env, wait_until_ready
+from http_api import submit_audio, wait_final
+from processes import Launcher, service_env, wait_until_ready
 from services import RabbitMQServer, RedisServer, free_ports
 
 pytestmark = pytest.mark.restart
-
-Roles = Callable[[str, list[str]], ServiceProcess]
 
 
 @pytest.fixture
 def roles(
     tmp_path: Path, private_rabbitmq_server: RabbitMQServer, private_redis_server: RedisServer
-) -> Iterator[tuple[Roles, str]]:
+) -> Iterator[tuple[Launcher, str]]:
     """Start asyncml roles against this test's own RabbitMQ and Redis."""
     (port,) = free_ports(1)
     env = service_env(
@@ -31,30 +29,17 @@ def roles(
         backend_url=private_redis_server.url,
         extra={"ASYNCML_PUBLISH_TIMEOUT_S": "2"},
     )
-    started: list[ServiceProcess] = []
-
-    def launch(name: str, args: list[str]) -> ServiceProcess:
-        process = ServiceProcess(name, args, env=env, workdir=tmp_path).start()
-        started.append(process)
-        return process
-
+    launch = Launcher(env, tmp_path)
     yield launch, f"http://127.0.0.1:{port}"
-    for process in started:
-        process.stop()
+    launch.stop_all()
 
 
 def submit(api: httpx.Client, url: str) -> httpx.Response:
     return api.post("/v1/tasks/audio.length", json={"audio_url": url})
 
 
-def wait_final(api: httpx.Client, task_id: str) -> dict[str, Any]:
-    task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}", params={"wait": 30}).json()
-    assert task.get("status") in {"SUCCESS", "FAILURE", "CANCELLED"}, task
-    return task
-
-
 def test_stalled_broker_gives_503_within_the_publish_timeout(
-    roles: tuple[Roles, str], private_rabbitmq_server: RabbitMQServer, files: FixtureServer
+    roles: tuple[Launcher, str], private_rabbitmq_server: RabbitMQServer, files: FixtureServer
 ) -> None:
     launch, base_url = roles
     wait_until_ready(base_url, launch("api", ["api"]))
@@ -70,29 +55,16 @@ def test_stalled_broker_gives_503_within_the_publish_timeout(
         assert submit(api, files.url("tone-5s.wav")).status_code == 202
 
 
-def test_queued_tasks_survive_a_broker_restart(
-    roles: tuple[Roles, str], private_rabbitmq_server: RabbitMQServer, files: FixtureServer
+@pytest.mark.parametrize("server", ["private_rabbitmq_server", "private_redis_server"])
+def test_queued_tasks_survive_a_restart_of(
+    server: str, roles: tuple[Launcher, str], files: FixtureServer, request: pytest.FixtureRequest
 ) -> None:
     launch, base_url = roles
     wait_until_ready(base_url, launch("api", ["api"]))
     with httpx.Client(base_url=base_url, timeout=60) as api:
-        ids = [submit(api, files.url("tone-5s.wav")).json()["id"] for _ in range(3)]
-    private_rabbitmq_server.restart()
-    worker = launch("worker", ["worker", "--concurrency", "1"])
-    worker.wait_for_line(" ready.")
-    with httpx.Client(base_url=base_url, timeout=60) as api:
-        assert [wait_final(api, i)["status"] for i in ids] == ["SUCCESS"] * 3
-
-
-def test_queued_tasks_survive_a_result_store_restart(
-    roles: tuple[Roles, str], private_redis_server: RedisServer, files: FixtureServer
-) -> None:
-    launch, base_url = roles
-    api_process = launch("api", ["api"])
-    wait_until_ready(base_url, api_process)
-    with httpx.Client(base_url=base_url, timeout=60) as api:
-        ids = [submit(api, files.url("tone-5s.wav")).json()["id"] for _ in range(3)]
-    private_redis_server.restart()
+        ids = [submit_audio(api, files.url("tone-5s.wav")) for _ in range(3)]
+    restarted: RabbitMQServer | RedisServer = request.getfixturevalue(server)
+    restarted.restart()
     worker = launch("worker", ["worker", "--concurrency", "1"])
     worker.wait_for_line(" ready.")
     with httpx.Client(base_url=base_url, timeout=60) as api:
@@ -100,7 +72,7 @@ def test_queued_tasks_survive_a_result_store_restart(
 
 
 def test_result_store_down_gives_503_naming_it(
-    roles: tuple[Roles, str], private_redis_server: RedisServer, files: FixtureServer
+    roles: tuple[Launcher, str], private_redis_server: RedisServer, files: FixtureServer
 ) -> None:
     launch, base_url = roles
     wait_until_ready(base_url, launch("api", ["api"]))

@@ -8,24 +8,12 @@ from typing import Any
 
 import httpx
 from fixture_server import FixtureServer
+from http_api import submit_audio, wait_final
 from processes import ServiceProcess
 
 
-def submit(api: httpx.Client, url: str) -> str:
-    response = api.post("/v1/tasks/audio.length", json={"audio_url": url})
-    assert response.status_code == 202, response.text
-    task_id: str = response.json()["id"]
-    return task_id
-
-
-def wait_final(api: httpx.Client, task_id: str, wait: float = 30) -> dict[str, Any]:
-    task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}", params={"wait": wait}).json()
-    assert task.get("status") in {"SUCCESS", "FAILURE", "CANCELLED"}, task
-    return task
-
-
 def test_v1_submit_returns_the_audio_length(api: httpx.Client, files: FixtureServer) -> None:
-    task = wait_final(api, submit(api, files.url("tone-30s.wav")))
+    task = wait_final(api, submit_audio(api, files.url("tone-30s.wav")))
     assert task["status"] == "SUCCESS", task
     assert abs(task["result"]["audio_length"] - 30.0) <= 0.01
     assert task["result"]["format"] == "WAV"
@@ -33,7 +21,7 @@ def test_v1_submit_returns_the_audio_length(api: httpx.Client, files: FixtureSer
 
 
 def test_mp3_length_comes_back_through_the_stack(api: httpx.Client, files: FixtureServer) -> None:
-    task = wait_final(api, submit(api, files.url("tone-30s.mp3")))
+    task = wait_final(api, submit_audio(api, files.url("tone-30s.mp3")))
     assert task["status"] == "SUCCESS", task
     assert abs(task["result"]["audio_length"] - 30.0) <= 0.1
 
@@ -71,7 +59,7 @@ def test_classic_task_answers_202_while_running(api: httpx.Client, files: Fixtur
 def test_long_poll_returns_as_soon_as_the_task_finishes(
     api: httpx.Client, files: FixtureServer
 ) -> None:
-    task_id = submit(api, files.url("gate/tone-5s.wav"))
+    task_id = submit_audio(api, files.url("gate/tone-5s.wav"))
     assert files.gate_reached.wait(30), "the worker never fetched the gated URL"
     answer: dict[str, Any] = {}
 
@@ -91,14 +79,14 @@ def test_long_poll_returns_as_soon_as_the_task_finishes(
 def test_text_file_named_wav_fails_with_readable_error(
     api: httpx.Client, files: FixtureServer
 ) -> None:
-    task = wait_final(api, submit(api, files.url("notes.wav")))
+    task = wait_final(api, submit_audio(api, files.url("notes.wav")))
     assert task["status"] == "FAILURE"
     assert task["error"]["type"] == "audio_not_audio"
     assert task["result"] is None
 
 
 def test_missing_file_fails_naming_the_http_status(api: httpx.Client, files: FixtureServer) -> None:
-    task = wait_final(api, submit(api, files.url("missing.wav")))
+    task = wait_final(api, submit_audio(api, files.url("missing.wav")))
     assert task["status"] == "FAILURE"
     assert task["error"]["type"] == "fetch_failed"
     assert "404" in task["error"]["message"]
@@ -113,13 +101,13 @@ def test_classic_failure_carries_the_error_message(api: httpx.Client, files: Fix
 
 
 def test_cancelled_task_never_runs(api: httpx.Client, files: FixtureServer) -> None:
-    blocker = submit(api, files.url("gate/tone-5s.wav"))
+    blocker = submit_audio(api, files.url("gate/tone-5s.wav"))
     assert files.gate_reached.wait(30), "the worker never fetched the gated URL"
-    victim = submit(api, files.url("victim.wav"))
+    victim = submit_audio(api, files.url("victim.wav"))
     cancelled = api.delete(f"/v1/tasks/{victim}")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "CANCELLED"
-    follower = submit(api, files.url("tone-5s.wav"))
+    follower = submit_audio(api, files.url("tone-5s.wav"))
     files.gate_open.set()
     # One worker slot, FIFO queue: once the follower is done the victim was consumed.
     assert wait_final(api, blocker)["status"] == "SUCCESS"
@@ -129,7 +117,7 @@ def test_cancelled_task_never_runs(api: httpx.Client, files: FixtureServer) -> N
 
 
 def test_cancelling_a_running_task_returns_409(api: httpx.Client, files: FixtureServer) -> None:
-    task_id = submit(api, files.url("gate/tone-5s.wav"))
+    task_id = submit_audio(api, files.url("gate/tone-5s.wav"))
     assert files.gate_reached.wait(30), "the worker never fetched the gated URL"
     response = api.delete(f"/v1/tasks/{task_id}")
     assert response.status_code == 409
@@ -138,7 +126,7 @@ def test_cancelling_a_running_task_returns_409(api: httpx.Client, files: Fixture
 
 
 def test_cancelling_a_finished_task_returns_409(api: httpx.Client, files: FixtureServer) -> None:
-    task_id = submit(api, files.url("tone-5s.wav"))
+    task_id = submit_audio(api, files.url("tone-5s.wav"))
     wait_final(api, task_id)
     assert api.delete(f"/v1/tasks/{task_id}").status_code == 409
 
@@ -167,7 +155,7 @@ def test_readyz_reports_broker_and_store_ok(api: httpx.Client) -> None:
 def test_task_survives_its_worker_being_killed(
     api: httpx.Client, files: FixtureServer, worker: ServiceProcess
 ) -> None:
-    task_id = submit(api, files.url("gate/tone-5s.wav"))
+    task_id = submit_audio(api, files.url("gate/tone-5s.wav"))
     assert files.gate_reached.wait(30), "the worker never fetched the gated URL"
     worker.kill()
     files.gate_reached.clear()
