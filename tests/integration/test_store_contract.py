@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -157,3 +158,38 @@ def test_wait_on_a_finished_task_returns_at_once(
 
     record = asyncio.run(scenario())
     assert record is not None and record.status is TaskStatus.FAILURE
+
+
+def test_cache_keeps_a_value(store: TaskStore) -> None:
+    key = f"test:{uuid.uuid4()}"
+    assert store.cache_get(key) is None
+    store.cache_set(key, '{"numbers": [1, 2, 3, 4, 5]}')
+    assert store.cache_get(key) == '{"numbers": [1, 2, 3, 4, 5]}'
+
+
+def test_reserved_slots_are_spaced_by_the_interval(store: TaskStore) -> None:
+    key = f"test:{uuid.uuid4()}"
+    waits = [store.reserve_slot(key, 10.0) for _ in range(3)]
+    assert waits[0] == 0
+    assert 9.5 < waits[1] <= 10.0
+    assert 19.5 < waits[2] <= 20.0
+
+
+def test_slots_reserved_from_many_threads_never_collide(store: TaskStore) -> None:
+    key = f"test:{uuid.uuid4()}"
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def book() -> None:
+        wait = store.reserve_slot(key, 1.0)
+        with lock:
+            waits.append(wait)
+
+    threads = [threading.Thread(target=book) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ordered = sorted(waits)
+    # 8 distinct slots, one second apart (give or take the time the bookings took).
+    assert all(0.8 < b - a < 1.2 for a, b in itertools.pairwise(ordered))

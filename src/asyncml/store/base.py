@@ -52,6 +52,20 @@ class TaskStore(Protocol):
         """QUEUED -> CANCELLED."""
         ...
 
+    def cache_get(self, key: str) -> str | None:
+        """A value kept by ``cache_set``; for results that never change (a past draw)."""
+        ...
+
+    def cache_set(self, key: str, value: str) -> None: ...
+
+    def reserve_slot(self, key: str, interval_s: float) -> float:
+        """Book the next free slot of a shared schedule; seconds to wait until it.
+
+        Slots are ``interval_s`` apart across every process using this store, which is
+        how "at most N requests per second to a source, across all workers" holds.
+        """
+        ...
+
     def ping(self) -> None: ...
 
     def close(self) -> None: ...

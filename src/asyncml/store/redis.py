@@ -61,6 +61,21 @@ return s
 """
 
 
+# KEYS[1] schedule; ARGV[1] interval in microseconds. Redis's clock, so workers on hosts
+# whose clocks differ still share one schedule. Returns microseconds to wait.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local start = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+redis.call('SET', KEYS[1], string.format('%d', start + interval),
+           'PX', math.floor((start + interval - now) / 1000) + 60000)
+return start - now
+"""
+_CACHE_PREFIX = "asyncml:cache:"
+_SLOT_PREFIX = "asyncml:slot:"
+
+
 def _key(task_id: str) -> str:
     return _PREFIX + task_id
 
@@ -130,6 +145,7 @@ class RedisTaskStore:
         self._start = self._r.register_script(_START)
         self._finish = self._r.register_script(_FINISH)
         self._cancel = self._r.register_script(_CANCEL)
+        self._reserve = self._r.register_script(_RESERVE)
 
     def create(self, record: TaskRecord) -> None:
         try:
@@ -187,6 +203,26 @@ class RedisTaskStore:
         except RedisError as exc:
             raise _unavailable(exc) from exc
         return Cancelled(self.get(task_id), done=before == b"QUEUED")
+
+    def cache_get(self, key: str) -> str | None:
+        try:
+            value = self._r.get(_CACHE_PREFIX + key)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return None if value is None else value.decode() if isinstance(value, bytes) else value
+
+    def cache_set(self, key: str, value: str) -> None:
+        try:
+            self._r.set(_CACHE_PREFIX + key, value)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def reserve_slot(self, key: str, interval_s: float) -> float:
+        try:
+            wait_us = self._reserve(keys=[_SLOT_PREFIX + key], args=[int(interval_s * 1e6)])
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return max(0.0, int(wait_us) / 1e6)
 
     def ping(self) -> None:
         try:

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 """
 _COLUMNS = "id, kind, status, result, error, submitted_at, started_at, finished_at"
 _PURGE_EVERY = 500
@@ -149,6 +151,28 @@ class SqliteTaskStore:
             (at.isoformat(), time.time() + self.ttl_s, task_id),
         )
         return Cancelled(self.get(task_id), done=cur.rowcount == 1)
+
+    def cache_get(self, key: str) -> str | None:
+        row = self._execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def cache_set(self, key: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO cache (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def reserve_slot(self, key: str, interval_s: float) -> float:
+        # One statement, so the read and the booking are one atomic step across processes.
+        now = time.time()
+        row = self._execute(
+            "INSERT INTO slots (key, next_at) VALUES (?, ? + ?) "
+            "ON CONFLICT (key) DO UPDATE SET next_at = MAX(next_at, ?) + ? "
+            "RETURNING next_at",
+            (key, now, interval_s, now, interval_s),
+        ).fetchone()
+        return max(0.0, float(row[0]) - interval_s - now)
 
     def purge_expired(self) -> int:
         cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
