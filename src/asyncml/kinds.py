@@ -16,6 +16,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from asyncml.fetch import Fetcher
     from asyncml.settings import Settings
+    from asyncml.store import TaskStore
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -54,6 +55,7 @@ class TaskContext:
     """What a running task may use; built once per worker process, shared by its tasks."""
 
     settings: Settings
+    store: TaskStore | None = None  # the task store: cache and shared schedules
     task_id: str = ""
     _fetcher: Fetcher | None = field(default=None, repr=False)
 

@@ -47,7 +47,7 @@ class WorkerRuntime:
     def store(self) -> TaskStore:
         if self._store is None or self._pid != os.getpid():
             self._store = open_store(self.settings)
-            self._ctx = TaskContext(self.settings)
+            self._ctx = TaskContext(self.settings, store=self._store)
             self._pid = os.getpid()
         return self._store
 
