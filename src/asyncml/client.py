@@ -1,25 +1,171 @@
-"""A small synchronous client on httpx: what the CLI needs to submit, inspect and wait.
+"""The Python SDK: ``Client`` and ``AsyncClient`` on httpx.
 
-Errors come back as the same classes the server raised, mapped from the body's ``type``.
+Submit, wait on the server's long-poll (never a tight loop), cancel, and ``map`` many
+inputs with bounded concurrency, yielding tasks as they finish. Errors come back as the
+classes the server raised, mapped from the body's ``type``; a task that ended in FAILURE
+raises ``TaskFailed`` from ``run`` and ``Task.output()``.
+
+Only failures that queued nothing are retried: a connection that could not be opened, a
+503 (the server promises nothing was queued) and a 429 (after its ``Retry-After``). Any
+other 4xx is the caller's mistake and is raised at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import sys
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
-from asyncml.errors import AsyncmlError, ServiceUnavailable, TaskTimeout, error_class_for
-from asyncml.store import FINAL_STATUSES, TaskStatus
+from asyncml.errors import (
+    AsyncmlError,
+    RateLimited,
+    ServiceUnavailable,
+    TaskFailed,
+    TaskTimeout,
+    error_class_for,
+)
+from asyncml.store.records import TaskRecord
 
-_LONG_POLL_S = 30.0
+DEFAULT_URL = "http://127.0.0.1:8000"
+LONG_POLL_S = 30.0  # the server's cap on ?wait=
+_MAX_RETRY_AFTER_S = 60.0
+
+
+class Task(TaskRecord):
+    """A task as the server reports it, with the kind's typed output when it succeeded."""
+
+    def output(self) -> BaseModel | Any:
+        """The kind's output model (or raw JSON for a kind this install does not know).
+
+        Raises ``TaskFailed`` if the task failed or was cancelled, ``TaskTimeout`` if it
+        is not final yet.
+        """
+        if not self.final:
+            raise TaskTimeout(f"task {self.id} is {self.status.value}, not final yet")
+        if self.error is not None or self.status.value != "SUCCESS":
+            message = self.error.message if self.error else f"task {self.id} was cancelled"
+            error_type = self.error.type if self.error else "cancelled"
+            raise TaskFailed(message, task=self, error_type=error_type)
+        from asyncml.registry import default_registry
+
+        registry = default_registry()
+        if self.kind in registry:
+            return registry.get(self.kind).output_model.model_validate(self.result)
+        return self.result
+
+
+def _error_from(response: httpx.Response) -> AsyncmlError:
+    try:
+        body = response.json()
+        cls = error_class_for(str(body.get("type", "")))
+        message = str(body.get("message", response.text))
+    except (ValueError, AttributeError):
+        cls, message = AsyncmlError, f"HTTP {response.status_code}: {response.text[:200]}"
+    if response.status_code == 429:
+        return RateLimited(message, retry_after_s=_retry_after(response))
+    if response.status_code == 503 and cls is AsyncmlError:
+        cls = ServiceUnavailable
+    error = cls(message)
+    return error
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return min(_MAX_RETRY_AFTER_S, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, ServiceUnavailable | RateLimited)
+
+
+def _wait_for(state: RetryCallState) -> float:
+    """Exponential back-off with jitter, or the server's Retry-After when it gave one."""
+    backoff = wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5)
+    outcome = state.outcome
+    if outcome is not None:
+        exc = outcome.exception()
+        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+            return exc.retry_after_s
+    return backoff(state)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    from asyncml import __version__
+
+    headers = {"user-agent": f"asyncml-client/{__version__}"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _progress(total: int, show: bool | None, description: str) -> Any:
+    """A rich progress bar on a terminal; nothing otherwise (or when told)."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    progress.add_task(description, total=total)
+    return progress
 
 
 class Client:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout_s: float = 10.0):
+    """Synchronous client; one pooled, keep-alive connection pool per instance.
+
+    ``retries`` bounds how often a transient failure is retried per request.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.retries = retries
         self._http = httpx.Client(
-            base_url=base_url, timeout=httpx.Timeout(timeout_s, read=_LONG_POLL_S + timeout_s)
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=httpx.Timeout(timeout_s, read=LONG_POLL_S + timeout_s),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
         )
 
     def __enter__(self) -> Client:
@@ -31,45 +177,195 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _once(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServiceUnavailable(f"cannot reach the service: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise AsyncmlError(f"the request failed: {exc!r}") from exc
         if response.is_success:
             return response.json()
-        try:
-            body = response.json()
-            cls = error_class_for(str(body.get("type", "")))
-            message = str(body.get("message", response.text))
-        except ValueError:
-            cls, message = AsyncmlError, f"HTTP {response.status_code}: {response.text[:200]}"
-        raise cls(message)
+        raise _error_from(response)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=_wait_for,
+            reraise=True,
+        )
+        return retrying(self._once, method, path, **kwargs)
 
     def kinds(self) -> list[dict[str, Any]]:
         kinds: list[dict[str, Any]] = self._request("GET", "/v1/kinds")
         return kinds
 
-    def submit(self, kind: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        accepted: dict[str, Any] = self._request("POST", f"/v1/tasks/{kind}", json=inputs)
-        return accepted
+    def submit(self, kind: str, /, **inputs: Any) -> Task:
+        """Queue one task; returns at once with its id and status QUEUED."""
+        return Task.model_validate(self._request("POST", f"/v1/tasks/{kind}", json=inputs))
 
-    def get(self, task_id: str, *, wait_s: float = 0) -> dict[str, Any]:
-        params = {"wait": wait_s} if wait_s > 0 else None
-        task: dict[str, Any] = self._request("GET", f"/v1/tasks/{task_id}", params=params)
-        return task
+    def get(self, task_id: str) -> Task:
+        return Task.model_validate(self._request("GET", f"/v1/tasks/{task_id}"))
 
-    def cancel(self, task_id: str) -> dict[str, Any]:
-        task: dict[str, Any] = self._request("DELETE", f"/v1/tasks/{task_id}")
-        return task
-
-    def wait(self, task_id: str, *, timeout_s: float = 300.0) -> dict[str, Any]:
-        """Long-poll in slices of at most 30 s until final; raise TaskTimeout at the deadline."""
-        deadline = time.monotonic() + timeout_s
+    def wait(self, task_id: str, timeout: float | None = None) -> Task:
+        """Long-poll until the task is final; ``TaskTimeout`` if ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            task = self.get(task_id, wait_s=max(0.0, min(_LONG_POLL_S, remaining)))
-            if TaskStatus(task["status"]) in FINAL_STATUSES:
+            remaining = LONG_POLL_S if deadline is None else deadline - time.monotonic()
+            wait_s = max(0.0, min(LONG_POLL_S, remaining))
+            task = Task.model_validate(
+                self._request("GET", f"/v1/tasks/{task_id}", params={"wait": wait_s})
+            )
+            if task.final:
                 return task
-            if remaining <= 0:
-                raise TaskTimeout(f"task {task_id} not final after {timeout_s:g} s")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TaskTimeout(f"task {task_id} not final after {timeout:g} s")
+
+    def cancel(self, task_id: str) -> Task:
+        return Task.model_validate(self._request("DELETE", f"/v1/tasks/{task_id}"))
+
+    def run(self, kind: str, /, *, timeout: float | None = None, **inputs: Any) -> Any:
+        """Submit, wait, and return the typed output; ``TaskFailed`` if it failed."""
+        return self.wait(self.submit(kind, **inputs).id, timeout=timeout).output()
+
+    def map(
+        self,
+        kind: str,
+        inputs: Iterable[Mapping[str, Any]],
+        *,
+        concurrency: int = 16,
+        timeout: float | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[Task]:
+        """Submit every input with at most ``concurrency`` in flight; yield final tasks
+        in the order they finish. Failed tasks are yielded too (check ``task.error``)."""
+        items = [dict(i) for i in inputs]
+        bar = _progress(len(items), progress, kind)
+
+        def one(item: dict[str, Any]) -> Task:
+            return self.wait(self.submit(kind, **item).id, timeout=timeout)
+
+        context: AbstractContextManager[Any] = bar if bar is not None else nullcontext()
+        with (
+            context,
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
+        ):
+            futures = [pool.submit(one, item) for item in items]
+            for future in concurrent.futures.as_completed(futures):
+                if bar is not None:
+                    bar.advance(bar.task_ids[0])
+                yield future.result()
+
+
+class AsyncClient:
+    """The same API for asyncio code; ``map`` is an async iterator."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 5,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.retries = retries
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=httpx.Timeout(timeout_s, read=LONG_POLL_S + timeout_s),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _once(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServiceUnavailable(f"cannot reach the service: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise AsyncmlError(f"the request failed: {exc!r}") from exc
+        if response.is_success:
+            return response.json()
+        raise _error_from(response)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=_wait_for,
+            reraise=True,
+        )
+        return await retrying(self._once, method, path, **kwargs)
+
+    async def kinds(self) -> list[dict[str, Any]]:
+        kinds: list[dict[str, Any]] = await self._request("GET", "/v1/kinds")
+        return kinds
+
+    async def submit(self, kind: str, /, **inputs: Any) -> Task:
+        return Task.model_validate(await self._request("POST", f"/v1/tasks/{kind}", json=inputs))
+
+    async def get(self, task_id: str) -> Task:
+        return Task.model_validate(await self._request("GET", f"/v1/tasks/{task_id}"))
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> Task:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = LONG_POLL_S if deadline is None else deadline - time.monotonic()
+            wait_s = max(0.0, min(LONG_POLL_S, remaining))
+            task = Task.model_validate(
+                await self._request("GET", f"/v1/tasks/{task_id}", params={"wait": wait_s})
+            )
+            if task.final:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TaskTimeout(f"task {task_id} not final after {timeout:g} s")
+
+    async def cancel(self, task_id: str) -> Task:
+        return Task.model_validate(await self._request("DELETE", f"/v1/tasks/{task_id}"))
+
+    async def run(self, kind: str, /, *, timeout: float | None = None, **inputs: Any) -> Any:
+        task = await self.submit(kind, **inputs)
+        return (await self.wait(task.id, timeout=timeout)).output()
+
+    async def map(
+        self,
+        kind: str,
+        inputs: Iterable[Mapping[str, Any]],
+        *,
+        concurrency: int = 16,
+        timeout: float | None = None,
+        progress: bool | None = None,
+    ) -> AsyncIterator[Task]:
+        items = [dict(i) for i in inputs]
+        bar = _progress(len(items), progress, kind)
+        slots = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(item: dict[str, Any]) -> Task:
+            async with slots:
+                task = await self.submit(kind, **item)
+                return await self.wait(task.id, timeout=timeout)
+
+        context: AbstractContextManager[Any] = bar if bar is not None else nullcontext()
+        with context:
+            pending = [asyncio.ensure_future(one(item)) for item in items]
+            try:
+                for next_done in asyncio.as_completed(pending):
+                    task = await next_done
+                    if bar is not None:
+                        bar.advance(bar.task_ids[0])
+                    yield task
+            finally:
+                for future in pending:
+                    future.cancel()

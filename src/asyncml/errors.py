@@ -10,6 +10,8 @@ and the client maps ``type`` back to the class::
     ├── TaskNotFound          404  no task with that id (or not yours)
     ├── TaskConflict          409  the task is in a state that forbids the request
     ├── ServiceUnavailable    503  the broker or the result store cannot be reached
+    ├── RateLimited           429  too many requests; retry after a while
+    ├── TaskFailed            (client side) the task ended in FAILURE; carries the task
     ├── TaskTimeout           504  the task ran past its time limit
     ├── FetchError            502  an outbound download failed
     │   ├── FetchBlocked      403  the URL points at an address we refuse to reach
@@ -72,6 +74,33 @@ class ServiceUnavailable(AsyncmlError):
 
     type = "service_unavailable"
     status_code = 503
+
+
+class RateLimited(AsyncmlError):
+    """Too many requests for now; ``retry_after_s`` says when to come back."""
+
+    type = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TaskFailed(AsyncmlError):
+    """Raised by the client when a task it waited for ended in FAILURE.
+
+    ``error_type`` is the task's own error type (e.g. ``audio_not_audio``), the message
+    its message; ``task`` is the whole final task.
+    """
+
+    type = "task_failed"
+    status_code = 200
+
+    def __init__(self, message: str, *, task: Any = None, error_type: str = "") -> None:
+        super().__init__(message)
+        self.task = task
+        self.error_type = error_type
 
 
 class TaskTimeout(AsyncmlError):

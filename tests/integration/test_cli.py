@@ -78,7 +78,7 @@ def test_unreachable_service_exits_3(tmp_path: Path) -> None:
     assert "service_unavailable" in done.stderr
 
 
-def test_kinds_lists_audio_length() -> None:
-    done = asyncml("kinds", "--json")
+def test_kinds_lists_audio_length(api: httpx.Client) -> None:
+    done = asyncml("kinds", "--json", "--url", base_url(api))
     assert done.returncode == 0
     assert "audio.length" in {k["name"] for k in json.loads(done.stdout)}

@@ -13,15 +13,9 @@ from asyncml.api.deps import ServicesDep
 from asyncml.errors import TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
-from asyncml.store import TaskRecord, TaskStatus, utcnow
+from asyncml.store import TaskRecord, utcnow
 
 MAX_WAIT_S = 30.0
-
-
-class TaskAccepted(BaseModel):
-    id: str
-    kind: str
-    status: TaskStatus
 
 
 class KindView(BaseModel):
@@ -53,17 +47,17 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         body: Annotated[input_model, Body()],  # type: ignore[valid-type]  # built per kind
         services: ServicesDep,
         response: Response,
-    ) -> TaskAccepted:
+    ) -> TaskRecord:
         record = await services.submit(kind, body)
         response.headers["Location"] = f"/v1/tasks/{record.id}"
-        return TaskAccepted(id=record.id, kind=record.kind, status=record.status)
+        return record
 
     router.add_api_route(
         f"/tasks/{kind.name}",
         submit,
         methods=["POST"],
         status_code=status.HTTP_202_ACCEPTED,
-        response_model=TaskAccepted,
+        response_model=TaskRecord,
         summary=f"Submit a {kind.name} task",
         description=kind.description,
         operation_id=f"submit_{kind.name.replace('.', '_')}",

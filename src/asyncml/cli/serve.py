@@ -1,0 +1,131 @@
+"""The service's roles: ``asyncml api``, ``asyncml worker``, ``asyncml up``."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+from asyncml.cli._common import EXIT_USAGE, app, console, err_console, load_settings
+from asyncml.registry import default_registry
+from asyncml.settings import Settings, redact_url
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Listen address [ASYNCML_API_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [ASYNCML_API_PORT].")] = None,
+    workers: Annotated[int, typer.Option(help="API processes.")] = 1,
+) -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    from asyncml.api.app import create_app
+    from asyncml.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings, "api")
+    options: dict[str, Any] = {
+        "host": host or settings.api_host,
+        "port": port if port is not None else settings.api_port,
+        "log_config": None,
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers > 1:
+        uvicorn.run("asyncml.api.app:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues; default: every queue.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Worker processes [ASYNCML_WORKER_CONCURRENCY].")
+    ] = None,
+) -> None:
+    """Run a Celery worker for some or all queues."""
+    from asyncml.engine import make_celery
+    from asyncml.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings, "worker")
+    registry = default_registry()
+    chosen = [q.strip() for q in (queues or ",".join(registry.queues)).split(",") if q.strip()]
+    unknown = sorted(set(chosen) - set(registry.queues))
+    if unknown:
+        err_console.print(f"unknown queue(s): {', '.join(unknown)}; known: {registry.queues}")
+        raise typer.Exit(EXIT_USAGE)
+    n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
+    celery = make_celery(settings, registry)
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(chosen),
+        "--concurrency",
+        str(n),
+        "--hostname",
+        f"asyncml-{'-'.join(chosen)}-{os.getpid()}@%h",
+        "--loglevel",
+        settings.log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if settings.embedded_broker:
+        argv.append("--without-heartbeat")
+    celery.worker_main(argv)
+
+
+@app.command()
+def up(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Worker processes [ASYNCML_WORKER_CONCURRENCY].")
+    ] = None,
+) -> None:
+    """Run the API and a worker for every queue, supervised; Ctrl-C stops all of it."""
+    from asyncml.logging import configure_logging
+    from asyncml.supervisor import Child, Supervisor, python_argv
+
+    settings = load_settings()
+    configure_logging(settings, "up")
+    worker_argv = python_argv("worker")
+    if concurrency:
+        worker_argv += ["--concurrency", str(concurrency)]
+    api_child = Child("api", python_argv("api"))
+    if not settings.embedded_broker:
+        where = redact_url(settings.broker_url_value())
+        children = [api_child, Child("worker", worker_argv)]
+        console.print(f"asyncml up: API on {_api_url(settings)}, broker {where}", highlight=False)
+        raise typer.Exit(Supervisor(children, env=os.environ).run())
+
+    from asyncml.engine.embedded import exclusive, recover_unacked
+    from asyncml.store import open_store
+
+    def recover() -> None:
+        # Before every worker start: a worker that died left its messages invisible.
+        store = open_store(settings)
+        try:
+            recover_unacked(settings, store)
+        finally:
+            store.close()
+
+    children = [api_child, Child("worker", worker_argv, before_start=recover)]
+    try:
+        with exclusive(settings.data_dir):
+            console.print(
+                f"asyncml up: API on {_api_url(settings)}, embedded engine in "
+                f"{settings.data_dir.resolve()}; Ctrl-C to stop",
+                highlight=False,
+            )
+            code = Supervisor(children, env=os.environ).run()
+    except RuntimeError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_USAGE) from exc
+    raise typer.Exit(code)
+
+
+def _api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"

@@ -1,0 +1,211 @@
+"""The SDK against the real app in-process (httpx.ASGITransport), no worker: tasks are
+finished by writing the store as a worker would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from asyncml.api import create_app
+from asyncml.client import AsyncClient, Task
+from asyncml.errors import (
+    InputInvalid,
+    RateLimited,
+    ServiceUnavailable,
+    TaskConflict,
+    TaskFailed,
+    TaskNotFound,
+    UnknownKind,
+)
+from asyncml.settings import Settings
+from asyncml.store import ErrorBody, TaskStatus, utcnow
+from asyncml.store.sqlite import SqliteTaskStore
+from asyncml.tasks.audio import AudioLengthOut
+
+WAV_URL = "http://127.0.0.1:9/a.wav"
+AUDIO_RESULT = {
+    "audio_length": 30.0,
+    "sample_rate": 16000,
+    "channels": 1,
+    "frames": 480000,
+    "format": "WAV",
+}
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Flaky(httpx.AsyncBaseTransport):
+    """Answers the first ``failures`` requests itself, then hands over to the real app."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, responses: list[httpx.Response]):
+        self.inner = inner
+        self.responses = responses
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.responses:
+            return self.responses.pop(0)
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.fixture
+async def app_transport(settings: Settings) -> AsyncIterator[httpx.ASGITransport]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield httpx.ASGITransport(app=app)
+
+
+@pytest.fixture
+def make_client(
+    app_transport: httpx.ASGITransport,
+) -> Callable[..., AsyncClient]:
+    def make(responses: list[httpx.Response] | None = None, retries: int = 3) -> AsyncClient:
+        transport = Flaky(app_transport, responses or [])
+        client = AsyncClient("http://testserver", transport=transport, retries=retries)
+        client.transport = transport  # type: ignore[attr-defined]  # for the tests' counts
+        return client
+
+    return make
+
+
+async def test_submit_returns_a_queued_task(make_client: Callable[..., AsyncClient]) -> None:
+    async with make_client() as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+    assert task.status is TaskStatus.QUEUED
+    assert task.kind == "audio.length"
+
+
+async def test_wait_returns_once_a_worker_finishes(
+    make_client: Callable[..., AsyncClient], store: SqliteTaskStore
+) -> None:
+    async with make_client() as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+        waiting = asyncio.ensure_future(client.wait(task.id, timeout=20))
+        await asyncio.to_thread(store.start, task.id, utcnow())
+        await asyncio.to_thread(
+            store.finish, task.id, TaskStatus.SUCCESS, utcnow(), result=AUDIO_RESULT
+        )
+        done = await asyncio.wait_for(waiting, 10)
+    assert done.status is TaskStatus.SUCCESS
+    output = done.output()
+    assert isinstance(output, AudioLengthOut)
+    assert output.audio_length == 30.0
+
+
+async def test_failed_task_output_raises_task_failed_with_its_error(
+    make_client: Callable[..., AsyncClient], store: SqliteTaskStore
+) -> None:
+    async with make_client() as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+        error = ErrorBody(type="audio_not_audio", message="not a recognised audio format")
+        await asyncio.to_thread(store.finish, task.id, TaskStatus.FAILURE, utcnow(), error=error)
+        done = await client.wait(task.id, timeout=10)
+    with pytest.raises(TaskFailed, match="not a recognised audio format") as failed:
+        done.output()
+    assert failed.value.error_type == "audio_not_audio"
+
+
+async def test_cancel_then_cancel_again_is_a_conflict(
+    make_client: Callable[..., AsyncClient],
+) -> None:
+    async with make_client() as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+        assert (await client.cancel(task.id)).status is TaskStatus.CANCELLED
+        with pytest.raises(TaskConflict):
+            await client.cancel(task.id)
+
+
+async def test_unknown_id_raises_task_not_found(make_client: Callable[..., AsyncClient]) -> None:
+    async with make_client() as client:
+        with pytest.raises(TaskNotFound, match="no task with id"):
+            await client.get("nope")
+
+
+async def test_invalid_input_raises_input_invalid_without_retry(
+    make_client: Callable[..., AsyncClient],
+) -> None:
+    async with make_client() as client:
+        with pytest.raises(InputInvalid, match="audio_url"):
+            await client.submit("audio.length", audio_url="not a url")
+        assert client.transport.requests == 1  # type: ignore[attr-defined]
+
+
+async def test_unknown_kind_raises_unknown_kind(make_client: Callable[..., AsyncClient]) -> None:
+    async with make_client() as client:
+        with pytest.raises(UnknownKind):
+            await client.submit("no.such", x=1)
+
+
+async def test_503_is_retried_until_the_service_answers(
+    make_client: Callable[..., AsyncClient],
+) -> None:
+    unavailable = [
+        httpx.Response(503, json={"type": "service_unavailable", "message": "broker down"})
+        for _ in range(2)
+    ]
+    async with make_client(unavailable) as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+        assert client.transport.requests == 3  # type: ignore[attr-defined]
+    assert task.status is TaskStatus.QUEUED
+
+
+async def test_429_waits_for_retry_after_then_succeeds(
+    make_client: Callable[..., AsyncClient],
+) -> None:
+    limited = [httpx.Response(429, headers={"Retry-After": "0"}, json={"type": "rate_limited"})]
+    async with make_client(limited) as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+        assert client.transport.requests == 2  # type: ignore[attr-defined]
+    assert task.status is TaskStatus.QUEUED
+
+
+async def test_retries_are_bounded(make_client: Callable[..., AsyncClient]) -> None:
+    unavailable = [httpx.Response(503, json={"type": "service_unavailable", "message": "down"})]
+    async with make_client(unavailable * 10, retries=2) as client:
+        with pytest.raises(ServiceUnavailable, match="down"):
+            await client.get("any")
+        assert client.transport.requests == 3  # type: ignore[attr-defined]
+
+
+async def test_rate_limited_carries_retry_after() -> None:
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(429, headers={"Retry-After": "7"}, json={})
+    )
+    async with AsyncClient("http://x", transport=transport, retries=0) as client:
+        with pytest.raises(RateLimited) as limited:
+            await client.get("any")
+    assert limited.value.retry_after_s == 7
+
+
+async def test_map_yields_every_task_once_finished(
+    make_client: Callable[..., AsyncClient], store: SqliteTaskStore
+) -> None:
+    async def finish_all_submitted() -> None:
+        finished: set[str] = set()
+        while len(finished) < 5:
+            import sqlite3
+
+            conn = sqlite3.connect(store.path)
+            ids = [r[0] for r in conn.execute("SELECT id FROM tasks")]
+            conn.close()
+            for task_id in set(ids) - finished:
+                store.finish(task_id, TaskStatus.SUCCESS, utcnow(), result=AUDIO_RESULT)
+                finished.add(task_id)
+            await asyncio.sleep(0.02)  # a stand-in worker polling for new work
+
+    async with make_client() as client:
+        worker = asyncio.ensure_future(finish_all_submitted())
+        inputs = [{"audio_url": f"http://127.0.0.1:9/{i}.wav"} for i in range(5)]
+        tasks: list[Task] = [t async for t in client.map("audio.length", inputs, concurrency=2)]
+        await asyncio.wait_for(worker, 10)
+    assert len({t.id for t in tasks}) == 5
+    assert all(t.status is TaskStatus.SUCCESS for t in tasks)
