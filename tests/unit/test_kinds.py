@@ -82,7 +82,11 @@ def test_new_kind_gets_route_schema_and_celery_task(settings: Settings) -> None:
     task = celery.tasks["debug.echo"]
     assert task.acks_late and task.reject_on_worker_lost
     assert task.soft_time_limit == 5
-    assert {q.name for q in celery.conf.task_queues} == {"audio", "debug"}
+    assert {q.name for q in celery.conf.task_queues} == {
+        *default_registry().queues,
+        "debug",
+        "webhooks",
+    }
 
 
 def test_engine_is_configured_for_reliability(settings: Settings) -> None:
