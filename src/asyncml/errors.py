@@ -16,9 +16,12 @@ and the client maps ``type`` back to the class::
     ├── FetchError            502  an outbound download failed
     │   ├── FetchBlocked      403  the URL points at an address we refuse to reach
     │   └── FetchTooLarge     413  the body is larger than the configured cap
-    └── AudioError            422  the bytes are not audio we can measure
-        ├── AudioNotAudio     422  not an audio file at all
-        └── AudioTruncated    422  the file ends before its header says it should
+    ├── AudioError            422  the bytes are not audio we can measure
+    │   ├── AudioNotAudio     422  not an audio file at all
+    │   └── AudioTruncated    422  the file ends before its header says it should
+    └── EuroError             502  a EuroMillions draw could not be read from its source
+        ├── EuroDrawNotFound  404  the source has no page for that draw (yet)
+        └── EuroPageChanged   502  the page no longer has the shape the parser reads
 """
 
 from __future__ import annotations
@@ -148,6 +151,26 @@ class AudioTruncated(AudioError):
     """The file ends before its header says it should."""
 
     type = "audio_truncated"
+
+
+class EuroError(AsyncmlError):
+    """A EuroMillions draw could not be read from the results source."""
+
+    type = "euro_error"
+    status_code = 502
+
+
+class EuroDrawNotFound(EuroError):
+    """The source has no page for that draw: it answered 404, or sent us elsewhere."""
+
+    type = "euro_draw_not_found"
+    status_code = 404
+
+
+class EuroPageChanged(EuroError):
+    """The page does not hold a valid draw where the parser looks: report it, never guess."""
+
+    type = "euro_page_changed"
 
 
 def _all_error_classes() -> list[type[AsyncmlError]]:

@@ -26,7 +26,7 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,19 @@ class Downloaded:
     path: Path
     size: int
     content_type: str | None
+    final_url: str
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A response read into memory; ``content`` is empty unless the status is 2xx.
+
+    ``final_url`` is the last hop, without credentials.
+    """
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
     final_url: str
 
 
@@ -342,6 +355,113 @@ class Fetcher:
         raise FetchError(
             f"too many redirects (more than {self.max_redirects}) starting at {_redact(url)}"
         )
+
+    def get(self, url: str, *, headers: Mapping[str, str] | None = None) -> Fetched:
+        """GET a small body into memory and return any final status; the caller decides on it.
+
+        For callers that must tell a 404 from a 429 or a 503 (and read ``Retry-After``):
+        ``download`` turns every non-2xx status into a FetchError. Same guard, redirects,
+        timeouts and size cap as ``download``; only a 2xx body is read, under ``max_bytes``,
+        so keep that cap small. A timeout's FetchError has a timeout as its ``__cause__``
+        (an ``httpx.TimeoutException`` or a ``TimeoutError``), so callers can retry it.
+        """
+        deadline = time.monotonic() + self.total_timeout_s
+        try:
+            current = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
+        backend = _GuardedBackend(
+            resolver=self.resolver,
+            allow_loopback=self.allow_loopback,
+            allow_private=self.allow_private,
+            deadline=deadline,
+        )
+        with httpx.Client(
+            transport=_GuardedTransport(backend),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"Accept-Encoding": "identity", **(headers or {})},
+        ) as client:
+            for _hop in range(self.max_redirects + 1):
+                shown = _redact(current)
+                if current.scheme not in ("http", "https"):
+                    raise FetchError(f"not an http(s) URL: {shown}")
+                if not current.host:
+                    raise FetchError(f"URL has no host: {shown}")
+                if time.monotonic() >= deadline:
+                    raise FetchError(self._total_timeout_message(shown)) from TimeoutError()
+                request = client.build_request(
+                    "GET", current, timeout=self._timeout(deadline, shown)
+                )
+                with self._mapped_errors(shown, deadline):
+                    response = client.send(request, stream=True)
+                try:
+                    if response.has_redirect_location and response.next_request is not None:
+                        current = response.next_request.url
+                        continue
+                    content = b""
+                    if response.is_success:
+                        content = self._read_small(response, deadline, shown)
+                    return Fetched(
+                        status_code=response.status_code,
+                        headers=response.headers,
+                        content=content,
+                        final_url=shown,
+                    )
+                finally:
+                    response.close()
+        raise FetchError(
+            f"too many redirects (more than {self.max_redirects}) starting at {_redact(url)}"
+        )
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST ``body`` once and return the status; no redirect is followed (a 3xx is the
+        receiver's answer, not a place to resend a signed notice). Same guard and time
+        limits as ``get``; the response body is not read."""
+        deadline = time.monotonic() + self.total_timeout_s
+        try:
+            target = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError, ValueError) as exc:
+            raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
+        shown = _redact(target)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise FetchError(f"not an http(s) URL: {shown}")
+        backend = _GuardedBackend(
+            resolver=self.resolver,
+            allow_loopback=self.allow_loopback,
+            allow_private=self.allow_private,
+            deadline=deadline,
+        )
+        with httpx.Client(
+            transport=_GuardedTransport(backend), follow_redirects=False, trust_env=False
+        ) as client:
+            request = client.build_request(
+                "POST", target, content=body, headers=dict(headers),
+                timeout=self._timeout(deadline, shown),
+            )  # fmt: skip
+            with self._mapped_errors(shown, deadline):
+                response = client.send(request, stream=True)
+            response.close()
+            return response.status_code
+
+    def _read_small(self, response: httpx.Response, deadline: float, shown: str) -> bytes:
+        """The body in memory, under the byte cap and the wall-clock cap of ``get``."""
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise FetchTooLarge(
+                f"{shown} is {int(declared)} bytes, more than the limit of {self.max_bytes} bytes"
+            )
+        body = bytearray()
+        with self._mapped_errors(shown, deadline):
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise FetchTooLarge(
+                        f"{shown} sent more than the limit of {self.max_bytes} bytes"
+                    )
+                if time.monotonic() > deadline:
+                    raise FetchError(self._total_timeout_message(shown)) from TimeoutError()
+        return bytes(body)
 
     def _one_hop(
         self, client: httpx.Client, url: httpx.URL, dest: Path, deadline: float

@@ -90,6 +90,69 @@ class Settings(BaseSettings):
         default=False,
         description="Allow fetches from private, link-local and other non-public addresses.",
     )
+    scraper_contact: str = Field(
+        default="",
+        max_length=200,
+        description="URL or e-mail address put in the User-Agent of scraping tasks "
+        "(euro.results), so a site can reach whoever runs them.",
+    )
+    euro_results_url: str = Field(
+        default="https://www.euro-millions.com/results/{date}",
+        pattern=r"^https?://[^\s]*\{date\}[^\s]*$",
+        description="Page of one EuroMillions draw; {date} becomes the date as DD-MM-YYYY.",
+    )
+    euro_rate_per_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="Most requests per second to the results source, across all workers.",
+    )
+    euro_connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Connect timeout of one request to the results source."
+    )
+    euro_read_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Read timeout of one request to the results source; connect plus read "
+        "timeout also caps one whole request.",
+    )
+    euro_max_bytes: int = Field(
+        default=2_000_000, gt=0, description="Largest results page accepted, in bytes."
+    )
+    euro_max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Requests made for one draw before giving up."
+    )
+    euro_retry_base_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="First wait before a retry; doubled at each further attempt, plus jitter.",
+    )
+    euro_retry_max_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Longest wait between two attempts; a longer Retry-After ends the task.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Standard Webhooks signing secret (whsec_...; make one with "
+        "`asyncml webhook-secret`). Unset: callbacks are refused with 422.",
+    )
+    default_callback_url: str | None = Field(
+        default=None,
+        description='Where the classic routes\' "callback": true delivers. Unset: the flag '
+        "is accepted and logged.",
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, le=20, description="Delivery attempts of one webhook before it fails."
+    )
+    webhook_retry_base_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="First retry delay; each next one doubles (8 attempts span about 1 h).",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time one webhook delivery attempt may take."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the API and the workers."
     )
@@ -106,6 +169,21 @@ class Settings(BaseSettings):
             ("redis://", "rediss://", "unix://")
         ):
             raise ValueError("the result backend must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            import base64
+
+            raw = value.get_secret_value()
+            try:
+                key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                key = b""
+            if not raw.startswith("whsec_") or len(key) < 24:
+                raise ValueError("the webhook secret must be whsec_ and base64 of 24+ bytes")
         return value
 
     @property

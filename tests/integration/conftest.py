@@ -15,6 +15,7 @@ from fixture_server import FixtureServer
 from processes import ServiceProcess, service_env, wait_until_ready
 from services import RabbitMQServer, RedisServer, free_ports
 
+WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtb2YtdGhlLWludGVncmF0aW9uLXN0YWNr"  # test only
 _HERE = Path(__file__).parent
 
 
@@ -105,13 +106,35 @@ def files(files_server: FixtureServer) -> Iterator[FixtureServer]:
 
 
 @pytest.fixture(scope="session")
+def euro_pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FixtureServer]:
+    """The euro.results source: a test writes ``results/<DD-MM-YYYY>``; other dates 404."""
+    root = tmp_path_factory.mktemp("euro")
+    (root / "results").mkdir()
+    with FixtureServer(root).running() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def stack_env(
-    tmp_path_factory: pytest.TempPathFactory, rabbitmq_url: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory,
+    rabbitmq_url: str,
+    redis_url: str,
+    euro_pages: FixtureServer,
 ) -> tuple[dict[str, str], str, Path]:
     (port,) = free_ports(1)
     workdir = tmp_path_factory.mktemp("stack")
     env = service_env(
-        data_dir=workdir / "data", api_port=port, broker_url=rabbitmq_url, backend_url=redis_url
+        data_dir=workdir / "data",
+        api_port=port,
+        broker_url=rabbitmq_url,
+        backend_url=redis_url,
+        extra={
+            "ASYNCML_EURO_RESULTS_URL": euro_pages.url("results/{date}"),
+            "ASYNCML_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ASYNCML_WEBHOOK_RETRY_BASE_S": "0.2",
+            "ASYNCML_WEBHOOK_TIMEOUT_S": "1.5",
+            "ASYNCML_WEBHOOK_MAX_ATTEMPTS": "3",
+        },
     )
     return env, f"http://127.0.0.1:{port}", workdir
 
@@ -132,7 +155,10 @@ def worker_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[Serv
     """One worker with one slot, so queue order is run order in the tests that need it."""
     env, _, workdir = stack_env
     process = ServiceProcess(
-        "worker", ["worker", "--queues", "audio", "--concurrency", "1"], env=env, workdir=workdir
+        "worker",
+        ["worker", "--queues", "audio,euro,webhooks", "--concurrency", "1"],
+        env=env,
+        workdir=workdir,
     ).start()
     try:
         process.wait_for_line(" ready.")

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from asyncml.store import AsyncTaskStore, TaskRecord, TaskStatus, TaskStore, utcnow
+from asyncml.store import (
+    AsyncTaskStore,
+    Callback,
+    Delivery,
+    TaskRecord,
+    TaskStatus,
+    TaskStore,
+    utcnow,
+)
 from asyncml.store.redis import AsyncRedisTaskStore, RedisTaskStore
 from asyncml.store.sqlite import AsyncSqliteTaskStore, SqliteTaskStore
 
@@ -193,3 +201,25 @@ def test_slots_reserved_from_many_threads_never_collide(store: TaskStore) -> Non
     ordered = sorted(waits)
     # 8 distinct slots, one second apart (give or take the time the bookings took).
     assert all(0.8 < b - a < 1.2 for a, b in itertools.pairwise(ordered))
+
+
+def test_callback_and_delivery_state_are_kept(store: TaskStore) -> None:
+    task_id = str(uuid.uuid4())
+    store.create(
+        TaskRecord(
+            id=task_id,
+            kind="audio.length",
+            status=TaskStatus.QUEUED,
+            submitted_at=utcnow(),
+            callback=Callback(url="http://127.0.0.1:9/hook", events=["started", "completed"]),
+        )
+    )
+    store.set_delivery(task_id, "completed", Delivery(state="pending", attempts=1, last_status=500))
+    store.set_delivery(
+        task_id, "completed", Delivery(state="delivered", attempts=2, last_status=200)
+    )
+    record = store.get(task_id)
+    assert record is not None and record.callback is not None
+    assert record.callback.events == ["started", "completed"]
+    assert record.deliveries["completed"].state == "delivered"
+    assert record.deliveries["completed"].attempts == 2

@@ -197,16 +197,30 @@ def test_readyz_is_ready_on_the_embedded_default(client: TestClient) -> None:
     assert response.json() == {"status": "ready", "broker": "ok", "result_store": "ok"}
 
 
-def test_classic_callback_true_is_refused_with_422_naming_it(client: TestClient) -> None:
+def test_classic_callback_true_without_a_default_url_is_accepted(client: TestClient) -> None:
     response = client.post("/audio/length", json={"audio_url": WAV_URL, "callback": True})
+    assert response.status_code == 201
+
+
+def test_callback_url_is_refused_when_webhooks_are_not_configured(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    response = client.post(
+        "/v1/tasks/audio.length",
+        json={"audio_url": WAV_URL, "callback_url": "http://127.0.0.1:9/hook"},
+    )
     assert response.status_code == 422
-    assert response.json()["errors"][0]["loc"] == ["body", "callback"]
+    assert "ASYNCML_WEBHOOK_SECRET" in response.json()["message"]
+    assert queued_messages() == 0
 
 
-def test_cancelling_twice_returns_409_the_second_time(client: TestClient) -> None:
-    task_id = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
-    assert client.delete(f"/v1/tasks/{task_id}").status_code == 200
-    assert client.delete(f"/v1/tasks/{task_id}").status_code == 409
+def test_unknown_callback_event_is_refused(client: TestClient) -> None:
+    response = client.post(
+        "/v1/tasks/audio.length",
+        json={"audio_url": WAV_URL, "callback_url": "http://h/x", "callback_events": ["done"]},
+    )
+    assert response.status_code == 422
+    assert "callback_events" in response.json()["message"]
 
 
 def test_oversized_body_is_refused_with_413(client: TestClient) -> None:

@@ -4,17 +4,19 @@
 final, then ``200``, with Celery's status names (PENDING, STARTED, SUCCESS, FAILURE, REVOKED).
 """
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response, status
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, create_model
 
 from asyncml.api.deps import ServicesDep
 from asyncml.errors import TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
-from asyncml.store import TaskStatus
+from asyncml.store import Callback, TaskStatus
+
+log = logging.getLogger(__name__)
 
 CLASSIC_STATUS = {
     TaskStatus.QUEUED: "PENDING",
@@ -48,18 +50,14 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         body: Annotated[body_model, Body()],
         services: ServicesDep,
     ) -> ClassicAccepted:
+        callback = None
         if body.callback:  # type: ignore[attr-defined]  # added by create_model above
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ("body", "callback"),
-                        "msg": "webhook callbacks are not available on this server; send false",
-                        "type": "callback_unsupported",
-                    }
-                ]
-            )
-        inp = kind.input_model.model_validate(body.model_dump(exclude={"callback"}))
-        record = await services.submit(kind, inp)
+            url = services.settings.default_callback_url
+            if url is None:
+                log.info("classic %s: callback requested, no default callback URL set", kind.name)
+            else:
+                callback = Callback(url=url)
+        record = await services.submit(kind, body, exclude={"callback"}, callback=callback)
         return ClassicAccepted(id=record.id)
 
     router.add_api_route(

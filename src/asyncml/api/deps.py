@@ -12,11 +12,11 @@ from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from asyncml.engine import Engine
-from asyncml.errors import ServiceUnavailable
+from asyncml.errors import InputInvalid, ServiceUnavailable
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.settings import Settings
-from asyncml.store import AsyncTaskStore, TaskRecord, TaskStatus, utcnow
+from asyncml.store import AsyncTaskStore, Callback, TaskRecord, TaskStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,33 @@ class Services:
     engine: Engine
     store: AsyncTaskStore
 
-    async def submit(self, kind: TaskKind[Any, Any], inp: BaseModel) -> TaskRecord:
+    async def submit(
+        self,
+        kind: TaskKind[Any, Any],
+        body: BaseModel,
+        *,
+        exclude: set[str] | None = None,
+        callback: Callback | None = None,
+    ) -> TaskRecord:
         """Record QUEUED first, then publish: an id the client holds is never unknown.
 
         If the broker refuses, the record goes too: the client got a 503 and no id.
+        ``exclude`` names the body's fields that are options of the route, not input.
         """
+        if callback is not None and self.settings.webhook_secret is None:
+            raise InputInvalid(
+                "callback_url: webhooks are not configured on this server "
+                "(it has no ASYNCML_WEBHOOK_SECRET)"
+            )
         record = TaskRecord(
-            id=str(uuid.uuid4()), kind=kind.name, status=TaskStatus.QUEUED, submitted_at=utcnow()
+            id=str(uuid.uuid4()),
+            kind=kind.name,
+            status=TaskStatus.QUEUED,
+            submitted_at=utcnow(),
+            callback=callback,
         )
         await self.store.create(record)
-        payload = inp.model_dump(mode="json")
+        payload = body.model_dump(mode="json", exclude=exclude)
         try:
             await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload)
         except BaseException:

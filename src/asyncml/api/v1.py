@@ -6,14 +6,17 @@ as a real object in the generated endpoint's signature to validate and document 
 
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, Query, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, HttpUrl, create_model
 
 from asyncml.api.deps import ServicesDep
 from asyncml.errors import TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
-from asyncml.store import TaskRecord, utcnow
+from asyncml.store import Callback, TaskRecord, utcnow
+from asyncml.store.records import Event
+from asyncml.webhooks import notice
 
 MAX_WAIT_S = 30.0
 
@@ -40,15 +43,45 @@ def kind_view(kind: TaskKind[Any, Any]) -> KindView:
     )
 
 
+_OPTIONS = {"callback_url", "callback_events"}
+
+
+def _request_model(kind: TaskKind[Any, Any]) -> type[BaseModel]:
+    """The kind's input plus the route's options, documented in the OpenAPI schema."""
+    clash = _OPTIONS & set(kind.input_model.model_fields)
+    if clash:
+        raise ValueError(f"{kind.name}: input fields {sorted(clash)} are reserved")
+    model: type[BaseModel] = create_model(
+        f"{kind.input_model.__name__}Request",
+        __base__=kind.input_model,
+        callback_url=(
+            HttpUrl | None,
+            Field(None, description="POST a signed notice here (Standard Webhooks)."),
+        ),
+        callback_events=(
+            list[Event],
+            Field(
+                default_factory=lambda: list[Event](["completed"]),
+                description="Which events to notify: completed (default), started.",
+                min_length=1,
+            ),
+        ),
+    )
+    return model
+
+
 def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
-    input_model = kind.input_model
+    request_model = _request_model(kind)
 
     async def submit(
-        body: Annotated[input_model, Body()],  # type: ignore[valid-type]  # built per kind
+        body: Annotated[request_model, Body()],  # type: ignore[valid-type]  # built per kind
         services: ServicesDep,
         response: Response,
     ) -> TaskRecord:
-        record = await services.submit(kind, body)
+        url = body.callback_url  # type: ignore[attr-defined]  # added by _request_model
+        events = body.callback_events  # type: ignore[attr-defined]  # likewise
+        callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
+        record = await services.submit(kind, body, exclude=_OPTIONS, callback=callback)
         response.headers["Location"] = f"/v1/tasks/{record.id}"
         return record
 
@@ -111,6 +144,11 @@ def build_router(registry: Registry) -> APIRouter:
         if not outcome.done:
             raise TaskConflict(
                 f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
+            )
+        if record.callback is not None and "completed" in record.callback.events:
+            body = notice(record, "completed")
+            await anyio.to_thread.run_sync(
+                services.engine.publish_notice, task_id, "completed", body
             )
         return record
 

@@ -49,15 +49,17 @@ def worker(
 ) -> None:
     """Run a Celery worker for some or all queues."""
     from asyncml.engine import make_celery
+    from asyncml.engine.app import all_queues
     from asyncml.logging import configure_logging
 
     settings = load_settings()
     configure_logging(settings, "worker")
     registry = default_registry()
-    chosen = [q.strip() for q in (queues or ",".join(registry.queues)).split(",") if q.strip()]
-    unknown = sorted(set(chosen) - set(registry.queues))
+    known = all_queues(registry)
+    chosen = [q.strip() for q in (queues or ",".join(known)).split(",") if q.strip()]
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        err_console.print(f"unknown queue(s): {', '.join(unknown)}; known: {registry.queues}")
+        err_console.print(f"unknown queue(s): {', '.join(unknown)}; known: {known}")
         raise typer.Exit(EXIT_USAGE)
     n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
     celery = make_celery(settings, registry)
@@ -129,3 +131,11 @@ def up(
 
 def _api_url(settings: Settings) -> str:
     return f"http://{settings.api_host}:{settings.api_port}"
+
+
+@app.command("webhook-secret")
+def webhook_secret() -> None:
+    """Print a new Standard Webhooks secret for ASYNCML_WEBHOOK_SECRET."""
+    from asyncml.webhooks import new_secret
+
+    console.print(new_secret(), highlight=False)

@@ -21,6 +21,14 @@ from asyncml.settings import Settings
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_QUEUE = "webhooks"
+DELIVER_TASK = "asyncml.webhooks.deliver"
+
+
+def all_queues(registry: Registry) -> list[str]:
+    """The kinds' queues and the engine's own (webhook deliveries)."""
+    return sorted({*registry.queues, WEBHOOK_QUEUE})
+
 
 def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
     """Reliability first: a message is acked only after its task ran, one at a time per child."""
@@ -42,9 +50,12 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "broker_pool_acquire_timeout": settings.publish_timeout_s,
         "task_queues": [
             Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True)
-            for q in registry.queues
+            for q in all_queues(registry)
         ],
-        "task_routes": {k.name: {"queue": k.queue, "routing_key": k.queue} for k in registry},
+        "task_routes": {
+            DELIVER_TASK: {"queue": WEBHOOK_QUEUE, "routing_key": WEBHOOK_QUEUE},
+            **{k.name: {"queue": k.queue, "routing_key": k.queue} for k in registry},
+        },
         "task_default_queue": registry.queues[0] if len(registry) else "default",
         "task_default_delivery_mode": "persistent",
         "task_serializer": "json",
@@ -74,6 +85,8 @@ def make_celery(settings: Settings, registry: Registry) -> Celery:
     runtime = WorkerRuntime(settings)
     for kind in registry:
         _register(app, kind, runtime)
+    _register_delivery(app, runtime)
+    runtime.notify = lambda task_id, event, body: send_notice(app, task_id, event, body)
     app.asyncml_runtime = runtime  # type: ignore[attr-defined]  # reached by worker signals
     return app
 
@@ -104,6 +117,51 @@ def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> 
             runtime.record_timeout(kind, task_id)
 
     task_failure.connect(on_failure, sender=task, weak=False)
+
+
+def send_notice(
+    app: Celery,
+    task_id: str,
+    event: str,
+    body: dict[str, Any],
+    attempt: int = 1,
+    countdown: float = 0,
+) -> None:
+    """Queue one webhook delivery attempt (a message of its own, never a loop in the API)."""
+    app.send_task(
+        DELIVER_TASK,
+        args=[task_id, event, body, attempt],
+        queue=WEBHOOK_QUEUE,
+        routing_key=WEBHOOK_QUEUE,
+        countdown=countdown or None,
+    )
+
+
+def _register_delivery(app: Celery, runtime: WorkerRuntime) -> None:
+    def deliver(task_id: str, event: str, body: dict[str, Any], attempt: int) -> None:
+        from asyncml.webhooks import deliver_once
+
+        delay = deliver_once(
+            runtime.settings,
+            runtime.store,
+            runtime.webhook_fetcher,
+            task_id=task_id,
+            event=event,  # type: ignore[arg-type]  # checked when the notice was made
+            body=body,
+            attempt=attempt,
+        )
+        if delay is not None:
+            send_notice(app, task_id, event, body, attempt + 1, countdown=delay)
+
+    app.task(
+        name=DELIVER_TASK,
+        shared=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        soft_time_limit=math.ceil(runtime.settings.webhook_timeout_s + 10),
+        time_limit=math.ceil(runtime.settings.webhook_timeout_s + 20),
+    )(deliver)
 
 
 class Engine:
@@ -160,6 +218,12 @@ class Engine:
             raise ServiceUnavailable(
                 f"the task could not be queued ({type(exc).__name__}); retry later"
             ) from exc
+
+    def publish_notice(self, task_id: str, event: str, body: dict[str, Any]) -> None:
+        try:
+            send_notice(self.celery, task_id, event, body)
+        except self._connection_errors as exc:
+            log.error("webhook for task %s not queued: %s", task_id, type(exc).__name__)
 
     def ping_broker(self) -> None:
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -22,9 +24,12 @@ from asyncml.errors import (
     TaskTimeout,
     describe_errors,
 )
+from asyncml.fetch import Fetcher
 from asyncml.kinds import TaskContext, TaskKind
 from asyncml.settings import Settings
 from asyncml.store import ErrorBody, TaskStatus, TaskStore, open_store, utcnow
+from asyncml.store.records import Event
+from asyncml.webhooks import notice
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ class WorkerRuntime:
         self._pid: int | None = None
         self._store: TaskStore | None = None
         self._ctx: TaskContext | None = None
+        self._webhook_fetcher: Fetcher | None = None
+        # Set by the engine: queue a webhook notice (task id, event, body).
+        self.notify: Callable[[str, str, dict[str, Any]], None] | None = None
 
     @property
     def store(self) -> TaskStore:
@@ -50,6 +58,33 @@ class WorkerRuntime:
             self._ctx = TaskContext(self.settings, store=self._store)
             self._pid = os.getpid()
         return self._store
+
+    @property
+    def webhook_fetcher(self) -> Fetcher:
+        """The guarded fetcher with webhook limits: no redirects (a 3xx is a failure)."""
+        if self._webhook_fetcher is None:
+            timeout = self.settings.webhook_timeout_s
+            self._webhook_fetcher = dataclasses.replace(
+                Fetcher.from_settings(self.settings),
+                connect_timeout_s=min(timeout, self.settings.fetch_connect_timeout_s),
+                read_timeout_s=timeout,
+                total_timeout_s=timeout,
+                max_redirects=0,
+            )
+        return self._webhook_fetcher
+
+    def _announce(self, task_id: str, event: Event, store: TaskStore | None = None) -> None:
+        """Queue the webhook notice of ``event`` if the task asked for it. Never fails the
+        task: a notice that cannot be queued is logged."""
+        if self.notify is None:
+            return
+        try:
+            record = (store or self.store).get(task_id)
+            if record is None or record.callback is None or event not in record.callback.events:
+                return
+            self.notify(task_id, event, notice(record, event))
+        except Exception:
+            log.exception("could not queue the %s notice of task %s", event, task_id)
 
     def _retrying(self, within_s: float | None = None) -> Retrying:
         return Retrying(
@@ -94,6 +129,7 @@ class WorkerRuntime:
         store = open_store(self.settings)
         try:
             store.finish(task_id, TaskStatus.FAILURE, utcnow(), error=error)
+            self._announce(task_id, "completed", store)
         except ServiceUnavailable as exc:
             log.error("%s task %s timed out; could not record it: %s", kind.name, task_id, exc)
         finally:
@@ -120,7 +156,10 @@ class WorkerRuntime:
                     "process died each time (crash, out of memory or kill); not retried",
                 ),
             )
+            self._announce(task_id, "completed")
             return
+        if attempt == 1:
+            self._announce(task_id, "started")
         assert self._ctx is not None
         self._ctx.task_id = task_id
         result: dict[str, Any] | None = None
@@ -140,4 +179,5 @@ class WorkerRuntime:
             log.exception("%s task %s crashed", kind.name, task_id)
             error = ErrorBody(type="internal_error", message=f"{type(exc).__name__}: {exc}")
         status = self._finish(kind, task_id, result=result, error=error)
+        self._announce(task_id, "completed")
         log.info("%s task %s finished: %s", kind.name, task_id, status.value)

@@ -12,6 +12,8 @@ from asyncml.settings import Settings
 from asyncml.store.base import AsyncTaskStore, Cancelled, TaskStore
 from asyncml.store.records import (
     FINAL_STATUSES,
+    Callback,
+    Delivery,
     ErrorBody,
     TaskRecord,
     TaskStatus,
@@ -47,7 +49,9 @@ def open_async_store(settings: Settings) -> AsyncTaskStore:
 __all__ = [
     "FINAL_STATUSES",
     "AsyncTaskStore",
+    "Callback",
     "Cancelled",
+    "Delivery",
     "ErrorBody",
     "TaskRecord",
     "TaskStatus",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+from asyncml.store.records import Delivery, ErrorBody, TaskRecord, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ class TaskStore(Protocol):
 
     def cancel(self, task_id: str, at: datetime) -> Cancelled:
         """QUEUED -> CANCELLED."""
+        ...
+
+    def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
+        """Record how the webhook notice of ``event`` fared (only the delivery task writes)."""
         ...
 
     def cache_get(self, key: str) -> str | None:

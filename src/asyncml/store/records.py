@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class TaskStatus(StrEnum):
@@ -29,6 +29,26 @@ class ErrorBody(BaseModel):
     message: str
 
 
+Event = Literal["started", "completed"]
+
+
+class Callback(BaseModel):
+    """Where to POST a signed notice of this task's events."""
+
+    url: str
+    events: list[Event] = Field(default_factory=lambda: list[Event](["completed"]))
+
+
+class Delivery(BaseModel):
+    """How the notice of one event fared: pending while retries remain."""
+
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    updated_at: datetime | None = None
+
+
 class TaskRecord(BaseModel):
     id: str
     kind: str
@@ -38,6 +58,8 @@ class TaskRecord(BaseModel):
     submitted_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    callback: Callback | None = None
+    deliveries: dict[str, Delivery] = Field(default_factory=dict)
 
     @property
     def final(self) -> bool:

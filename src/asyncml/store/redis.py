@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 from asyncml.errors import ServiceUnavailable
 from asyncml.store.base import Cancelled
-from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+from asyncml.store.records import Callback, Delivery, ErrorBody, TaskRecord, TaskStatus
 
 _PREFIX = "asyncml:task:"
 _CHANNEL_PREFIX = "asyncml:done:"
@@ -73,6 +73,7 @@ redis.call('SET', KEYS[1], string.format('%d', start + interval),
 return start - now
 """
 _CACHE_PREFIX = "asyncml:cache:"
+_DELIVERY_PREFIX = "delivery:"
 _SLOT_PREFIX = "asyncml:slot:"
 
 
@@ -85,12 +86,15 @@ def _channel(task_id: str) -> str:
 
 
 def _mapping(record: TaskRecord) -> Mapping[Any, Any]:
-    return {
+    mapping = {
         "id": record.id,
         "kind": record.kind,
         "status": record.status.value,
         "submitted_at": record.submitted_at.isoformat(),
     }
+    if record.callback is not None:
+        mapping["callback"] = record.callback.model_dump_json()
+    return mapping
 
 
 def _parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
@@ -110,6 +114,12 @@ def _parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
         submitted_at=datetime.fromisoformat(fields["submitted_at"]),
         started_at=when("started_at"),
         finished_at=when("finished_at"),
+        callback=Callback.model_validate_json(fields["callback"]) if "callback" in fields else None,
+        deliveries={
+            name.removeprefix(_DELIVERY_PREFIX): Delivery.model_validate_json(value)
+            for name, value in fields.items()
+            if name.startswith(_DELIVERY_PREFIX)
+        },
     )
 
 
@@ -203,6 +213,13 @@ class RedisTaskStore:
         except RedisError as exc:
             raise _unavailable(exc) from exc
         return Cancelled(self.get(task_id), done=before == b"QUEUED")
+
+    def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
+        try:
+            if self._r.exists(_key(task_id)):
+                self._r.hset(_key(task_id), _DELIVERY_PREFIX + event, delivery.model_dump_json())
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
 
     def cache_get(self, key: str) -> str | None:
         try:

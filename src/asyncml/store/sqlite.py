@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from asyncml.errors import ServiceUnavailable
 from asyncml.store.base import Cancelled
-from asyncml.store.records import ErrorBody, TaskRecord, TaskStatus
+from asyncml.store.records import Callback, Delivery, ErrorBody, TaskRecord, TaskStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -34,19 +34,30 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at TEXT,
     finished_at TEXT,
     expires_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    callback TEXT,
+    deliveries TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
 """
-_COLUMNS = "id, kind, status, result, error, submitted_at, started_at, finished_at"
+_ADDED_COLUMNS = {
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "callback": "TEXT",
+    "deliveries": "TEXT",
+}
+_COLUMNS = (
+    "id, kind, status, result, error, submitted_at, started_at, finished_at, callback, deliveries"
+)
 _PURGE_EVERY = 500
 
 
 def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
-    id_, kind, status, result, error, submitted, started, finished = row
+    id_, kind, status, result, error, submitted, started, finished, callback, deliveries = row
     return TaskRecord(
+        callback=None if callback is None else Callback.model_validate_json(callback),
+        deliveries={} if deliveries is None else json.loads(deliveries),
         id=id_,
         kind=kind,
         status=TaskStatus(status),
@@ -70,8 +81,9 @@ class SqliteTaskStore:
         with self._conn() as conn:
             conn.executescript(_SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-            if "attempts" not in columns:  # a data folder from before attempts were counted
-                conn.execute("ALTER TABLE tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+            for name, ddl in _ADDED_COLUMNS.items():  # data folders of earlier versions
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -94,9 +106,14 @@ class SqliteTaskStore:
 
     def create(self, record: TaskRecord) -> None:
         self._execute(
-            f"INSERT INTO tasks ({_COLUMNS}, expires_at) VALUES (?, ?, ?, NULL, NULL, ?, NULL, "
-            "NULL, NULL)",
-            (record.id, record.kind, record.status.value, record.submitted_at.isoformat()),
+            "INSERT INTO tasks (id, kind, status, submitted_at, callback) VALUES (?, ?, ?, ?, ?)",
+            (
+                record.id,
+                record.kind,
+                record.status.value,
+                record.submitted_at.isoformat(),
+                None if record.callback is None else record.callback.model_dump_json(),
+            ),
         )
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -151,6 +168,13 @@ class SqliteTaskStore:
             (at.isoformat(), time.time() + self.ttl_s, task_id),
         )
         return Cancelled(self.get(task_id), done=cur.rowcount == 1)
+
+    def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
+        self._execute(
+            "UPDATE tasks SET deliveries = json_set(COALESCE(deliveries, '{}'), ?, json(?)) "
+            "WHERE id = ?",
+            (f"$.{event}", delivery.model_dump_json(), task_id),
+        )
 
     def cache_get(self, key: str) -> str | None:
         row = self._execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
