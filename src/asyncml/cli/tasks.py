@@ -27,6 +27,9 @@ from asyncml.registry import default_registry
 submit_app = typer.Typer(help="Submit a task of one kind; one sub-command per kind.")
 app.add_typer(submit_app, name="submit")
 
+# A person is waiting: retry a transient failure briefly, then say so (exit 3).
+CLI_RETRIES = 2
+
 WaitOpt = Annotated[
     float | None, typer.Option("--timeout", help="Give up waiting after this many seconds.")
 ]
@@ -67,11 +70,11 @@ def status(
 ) -> None:
     """Show a task's state and result."""
     try:
-        with Client(url, api_key=api_key) as client:
+        with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
             task = client.wait(task_id, timeout=wait) if wait else client.get(task_id)
     except AsyncmlError as exc:
         if wait and exc.type == "task_timeout":
-            with Client(url, api_key=api_key) as client:
+            with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
                 task = client.get(task_id)
         else:
             raise fail(exc, as_json) from exc
@@ -88,7 +91,7 @@ def wait(
 ) -> None:
     """Wait until a task is final (server long-poll) and show it."""
     try:
-        with Client(url, api_key=api_key) as client:
+        with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
             task = client.wait(task_id, timeout=timeout)
     except AsyncmlError as exc:
         raise fail(exc, as_json) from exc
@@ -101,7 +104,7 @@ def cancel(
 ) -> None:
     """Cancel a task that has not started yet."""
     try:
-        with Client(url, api_key=api_key) as client:
+        with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
             task = client.cancel(task_id)
     except AsyncmlError as exc:
         raise fail(exc, as_json) from exc
@@ -112,7 +115,7 @@ def cancel(
 def kinds(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
     """List the task kinds the server runs, with their inputs."""
     try:
-        with Client(url, api_key=api_key) as client:
+        with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
             declared = client.kinds()
     except AsyncmlError as exc:
         raise fail(exc, as_json) from exc
@@ -141,7 +144,7 @@ def _submit_command(kind: TaskKind[Any, Any]) -> None:
         )
         inputs = {name: options[name] for name in fields if options[name] is not None}
         try:
-            with Client(url, api_key=api_key) as client:
+            with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
                 task = client.submit(kind.name, **inputs)
                 if wait_:
                     task = client.wait(task.id, timeout=timeout)
