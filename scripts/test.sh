@@ -15,6 +15,8 @@ echo "== types" >&2
 mypy
 mypy tests/unit
 mypy tests/integration
+echo "== deployment files (hadolint, compose schema, docker-compose config)" >&2
+scripts/check-deploy.sh
 
 echo "== unit tests" >&2
 pytest tests/unit -n auto -p no:cacheprovider -q
