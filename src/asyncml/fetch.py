@@ -290,6 +290,28 @@ class _GuardedTransport(httpx.HTTPTransport):
         )
 
 
+def literal_refusal(url: str, *, allow_loopback: bool, allow_private: bool) -> str | None:
+    """Why a URL is refused when its host is an IP literal (decidable before any lookup),
+    else None. Names are judged at connect time, after resolution."""
+    try:
+        host = httpx.URL(url).host
+        ip = ipaddress.ip_address(host)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    reason = _refusal(ip, allow_loopback=allow_loopback, allow_private=allow_private)
+    return None if reason is None else f"refusing {ip}: {_with_article(reason)}"
+
+
+def origin(url: str) -> str:
+    """scheme://host:port only: a webhook URL's path or query may hold its token."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "<invalid URL>"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
 def _redact(url: httpx.URL | str) -> str:
     """The URL without userinfo: error bodies and logs must not carry credentials."""
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 HOURS = 3600
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         description="Standard Webhooks signing secret (whsec_...; make one with "
         "`asyncml webhook-secret`). Unset: callbacks are refused with 422.",
     )
-    default_callback_url: str | None = Field(
+    default_callback_url: HttpUrl | None = Field(
         default=None,
         description='Where the classic routes\' "callback": true delivers. Unset: the flag '
         "is accepted and logged.",
@@ -150,8 +150,31 @@ class Settings(BaseSettings):
         gt=0,
         description="First retry delay; each next one doubles (8 attempts span about 1 h).",
     )
+    webhook_retry_max_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=1500,
+        description="Longest wait between two attempts (kept under RabbitMQ's 30 min "
+        "consumer timeout: a retry waits, unacknowledged, in a worker).",
+    )
+    webhook_allow_loopback: bool = Field(
+        default=False, description="Allow callbacks to 127.0.0.0/8 and ::1 (tests, demos)."
+    )
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow callbacks to private and other non-public addresses."
+    )
     webhook_timeout_s: float = Field(
         default=10.0, gt=0, description="Time one webhook delivery attempt may take."
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's own Prometheus exporter; 0: none (under asyncml up "
+        "the API's /metrics shows the workers' series).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for one JSON object a line."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the API and the workers."
@@ -185,6 +208,12 @@ class Settings(BaseSettings):
             if not raw.startswith("whsec_") or len(key) < 24:
                 raise ValueError("the webhook secret must be whsec_ and base64 of 24+ bytes")
         return value
+
+    @model_validator(mode="after")
+    def _default_callback_needs_a_secret(self) -> Settings:
+        if self.default_callback_url is not None and self.webhook_secret is None:
+            raise ValueError("ASYNCML_DEFAULT_CALLBACK_URL needs ASYNCML_WEBHOOK_SECRET")
+        return self
 
     @property
     def embedded_broker(self) -> bool:

@@ -126,9 +126,18 @@ def notice(record: TaskRecord, event: Event) -> dict[str, Any]:
 
 
 def retry_delay(settings: Settings, attempt: int) -> float:
-    """Seconds before attempt ``attempt + 1``: doubling from the base, with 10 % jitter."""
-    base: float = settings.webhook_retry_base_s * 2 ** (attempt - 1)
+    """Seconds before attempt ``attempt + 1``: doubling from the base, capped, 10 % jitter."""
+    base: float = min(
+        settings.webhook_retry_base_s * 2 ** (attempt - 1), settings.webhook_retry_max_s
+    )
     return base * (1 + random.uniform(-0.1, 0.1))  # jitter, not security
+
+
+def _without_path(message: str, url: str) -> str:
+    """Error text with the URL cut to its origin: a webhook URL's path may be its token."""
+    from asyncml.fetch import _redact, origin
+
+    return message.replace(_redact(url), origin(url)).replace(url, origin(url))
 
 
 def deliver_once(
@@ -147,7 +156,25 @@ def deliver_once(
     for good: a 4xx, a refused address, or the last attempt spent).
     """
     record = store.get(task_id)
-    if record is None or record.callback is None or settings.webhook_secret is None:
+    if record is None or record.callback is None:
+        return None
+    stored = record.deliveries.get(event)
+    if stored is not None and (stored.state != "pending" or stored.attempts > attempt):
+        return None  # settled, or a later attempt already ran: this message is stale
+    if stored is not None and stored.attempts == attempt:
+        # This attempt was made but its successor never got queued: queue it, POST nothing.
+        return retry_delay(settings, attempt)
+    if settings.webhook_secret is None:
+        store.set_delivery(
+            task_id,
+            event,
+            Delivery(
+                state="failed",
+                attempts=attempt,
+                last_error="this worker has no ASYNCML_WEBHOOK_SECRET to sign with",
+                updated_at=utcnow(),
+            ),
+        )
         return None
     raw = json.dumps(body, separators=(",", ":")).encode()
     headers = signed_headers(
@@ -156,12 +183,13 @@ def deliver_once(
     status: int | None = None
     error: str | None = None
     retryable = True
+    url = record.callback.url
     try:
-        status = fetcher.post(record.callback.url, raw, headers)
+        status = fetcher.post(url, raw, headers)
     except FetchBlocked as exc:
-        error, retryable = exc.message, False
+        error, retryable = _without_path(exc.message, url), False
     except FetchError as exc:
-        error = exc.message
+        error = _without_path(exc.message, url)
     if status is not None:
         if 200 <= status < 300:
             store.set_delivery(

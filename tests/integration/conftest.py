@@ -131,9 +131,11 @@ def stack_env(
         extra={
             "ASYNCML_EURO_RESULTS_URL": euro_pages.url("results/{date}"),
             "ASYNCML_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ASYNCML_WEBHOOK_ALLOW_LOOPBACK": "true",
             "ASYNCML_WEBHOOK_RETRY_BASE_S": "0.2",
             "ASYNCML_WEBHOOK_TIMEOUT_S": "1.5",
             "ASYNCML_WEBHOOK_MAX_ATTEMPTS": "3",
+            "ASYNCML_LOG_FORMAT": "json",
         },
     )
     return env, f"http://127.0.0.1:{port}", workdir

@@ -36,6 +36,51 @@ def test_up_serves_the_classic_flow(embedded: tuple[Launcher, str], files: Fixtu
     assert abs(response.json()["result"]["audio_length"] - 30.0) <= 0.01
 
 
+def test_up_exports_the_workers_task_metrics_through_the_api(
+    embedded: tuple[Launcher, str], files: FixtureServer
+) -> None:
+    launch, base_url = embedded
+    up = launch("up", ["up", "--concurrency", "2"])
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        for name in ("tone-5s.wav", "tone-5s.wav", "notes.wav"):
+            task_id = api.post("/v1/tasks/audio.length", json={"audio_url": files.url(name)})
+            wait_final(api, task_id.json()["id"])
+        text = api.get("/metrics").text
+    # Measured in the worker's pool children, summed across processes by the API.
+    assert 'asyncml_tasks_finished_total{kind="audio.length",status="SUCCESS"} 2.0' in text
+    assert 'asyncml_tasks_finished_total{kind="audio.length",status="FAILURE"} 1.0' in text
+    assert 'asyncml_task_run_seconds_count{kind="audio.length"} 3.0' in text
+    assert 'asyncml_task_queue_wait_seconds_count{kind="audio.length"} 3.0' in text
+    assert 'asyncml_tasks_submitted_total{kind="audio.length"} 3.0' in text
+
+
+def test_separate_worker_serves_its_own_metrics(tmp_path: Path, files: FixtureServer) -> None:
+    api_port, metrics_port = free_ports(2)
+    env = service_env(
+        data_dir=tmp_path / "data",
+        api_port=api_port,
+        extra={"ASYNCML_WORKER_METRICS_PORT": str(metrics_port)},
+    )
+    launch = Launcher(env, tmp_path)
+    try:
+        api_process = launch("api", ["api"])
+        worker = launch("worker", ["worker", "--concurrency", "2"])
+        base_url = f"http://127.0.0.1:{api_port}"
+        wait_until_ready(base_url, api_process)
+        worker.wait_for_line(" ready.")
+        with httpx.Client(base_url=base_url, timeout=40) as api:
+            for _ in range(2):
+                task_id = api.post(
+                    "/v1/tasks/audio.length", json={"audio_url": files.url("tone-5s.wav")}
+                ).json()["id"]
+                wait_final(api, task_id)
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    finally:
+        launch.stop_all()
+    assert 'asyncml_tasks_finished_total{kind="audio.length",status="SUCCESS"} 2.0' in text
+
+
 def test_ctrl_c_stops_up_and_everything_it_started(
     embedded: tuple[Launcher, str],
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -166,3 +167,17 @@ def test_task_survives_its_worker_being_killed(
     task = wait_final(api, task_id)
     assert task["status"] == "SUCCESS"
     assert files.hits("gate/tone-5s.wav") == 2
+
+
+def test_worker_logs_are_json_lines_carrying_the_task_id(
+    api: httpx.Client, files: FixtureServer, worker: ServiceProcess
+) -> None:
+    task_id = submit_audio(api, files.url("notes.wav"))
+    wait_final(api, task_id)
+    # Celery's start-up banner is plain text; every log record is one JSON object.
+    text = worker.log_path.read_text().splitlines()
+    lines = [json.loads(line) for line in text if line.startswith("{")]
+    about_task = [line for line in lines if line.get("task_id") == task_id]
+    assert about_task, "no log line carries the task id"
+    assert all(line["kind"] == "audio.length" for line in about_task)
+    assert any("FAILURE" in line["message"] for line in about_task)

@@ -153,16 +153,16 @@ def test_client_error_is_not_retried(
     )
 
 
-def test_callback_to_a_private_address_is_refused_without_sending(
+def test_callback_to_a_private_address_is_refused_at_submit(
     api: httpx.Client, files: FixtureServer
 ) -> None:
-    # The guard decides from the address alone; no packet leaves the machine.
-    task_id = submit(api, files.url("tone-5s.wav"), "http://10.255.255.1/hook")
-    wait_final(api, task_id)
-    delivery = delivery_settles(api, task_id)
-    assert delivery["state"] == "failed"
-    assert delivery["attempts"] == 1
-    assert "private" in delivery["last_error"]
+    # Decided from the literal address alone; no packet leaves the machine.
+    response = api.post(
+        "/v1/tasks/audio.length",
+        json={"audio_url": files.url("tone-5s.wav"), "callback_url": "http://10.255.255.1/h"},
+    )
+    assert response.status_code == 422
+    assert "private" in response.json()["message"]
 
 
 def test_cancelled_task_sends_its_completed_notice(

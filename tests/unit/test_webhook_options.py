@@ -24,6 +24,7 @@ def hooked(tmp_path: Path) -> Iterator[TestClient]:
         _env_file=None,
         data_dir=tmp_path,
         webhook_secret=new_secret(),
+        webhook_allow_loopback=True,
         default_callback_url="http://127.0.0.1:9/default-hook",
     )
     with TestClient(create_app(settings)) as client:
@@ -59,8 +60,8 @@ def test_callback_options_are_not_passed_to_the_task_input(
     (payload,) = conn.execute("SELECT payload FROM kombu_message").fetchone()
     conn.close()
     message = json.loads(payload)
-    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-    assert args == [{"audio_url": WAV_URL}]
+    (payload, _submitted_at), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert payload == {"audio_url": WAV_URL}
 
 
 def test_classic_callback_true_uses_the_default_url(hooked: TestClient) -> None:
@@ -74,3 +75,19 @@ def test_classic_callback_true_uses_the_default_url(hooked: TestClient) -> None:
 def test_webhook_secret_must_be_a_whsec_value(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="whsec_"):
         Settings(_env_file=None, data_dir=tmp_path, webhook_secret="hunter2")
+
+
+def test_loopback_callback_is_refused_at_submit_by_default(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, webhook_secret=new_secret())
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/v1/tasks/audio.length",
+            json={"audio_url": WAV_URL, "callback_url": "http://127.0.0.1:9/hook"},
+        )
+    assert response.status_code == 422
+    assert "loopback" in response.json()["message"]
+
+
+def test_default_callback_url_needs_a_secret(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ASYNCML_WEBHOOK_SECRET"):
+        Settings(_env_file=None, data_dir=tmp_path, default_callback_url="http://h.example/x")

@@ -9,12 +9,15 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from asyncml import metrics
 from asyncml.api import classic, v1
 from asyncml.api.body_limit import BodyLimit
 from asyncml.api.deps import Services, ServicesDep
+from asyncml.api.observe import RequestMetrics
 from asyncml.engine import Engine
 from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable, describe_errors
 from asyncml.registry import Registry, default_registry
@@ -95,7 +98,15 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus_metrics(services: ServicesDep) -> Response:
+        """Prometheus text exposition; queue depths are read from the broker on scrape."""
+        depth = metrics.QueueDepth(services.engine.queue_depths)
+        body = await anyio.to_thread.run_sync(metrics.exposition, [depth])
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(RequestMetrics)
     app.include_router(v1.build_router(registry))
     app.include_router(classic.build_router(registry))
     return app

@@ -56,7 +56,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
             if url is None:
                 log.info("classic %s: callback requested, no default callback URL set", kind.name)
             else:
-                callback = Callback(url=url)
+                callback = Callback(url=str(url))
         record = await services.submit(kind, body, exclude={"callback"}, callback=callback)
         return ClassicAccepted(id=record.id)
 

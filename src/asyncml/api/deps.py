@@ -11,8 +11,10 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from pydantic import BaseModel
 
+from asyncml import metrics
 from asyncml.engine import Engine
 from asyncml.errors import InputInvalid, ServiceUnavailable
+from asyncml.fetch import literal_refusal
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.settings import Settings
@@ -41,11 +43,19 @@ class Services:
         If the broker refuses, the record goes too: the client got a 503 and no id.
         ``exclude`` names the body's fields that are options of the route, not input.
         """
-        if callback is not None and self.settings.webhook_secret is None:
-            raise InputInvalid(
-                "callback_url: webhooks are not configured on this server "
-                "(it has no ASYNCML_WEBHOOK_SECRET)"
+        if callback is not None:
+            if self.settings.webhook_secret is None:
+                raise InputInvalid(
+                    "callback_url: webhooks are not configured on this server "
+                    "(it has no ASYNCML_WEBHOOK_SECRET)"
+                )
+            refused = literal_refusal(
+                callback.url,
+                allow_loopback=self.settings.webhook_allow_loopback,
+                allow_private=self.settings.webhook_allow_private,
             )
+            if refused is not None:
+                raise InputInvalid(f"callback_url: {refused}")
         record = TaskRecord(
             id=str(uuid.uuid4()),
             kind=kind.name,
@@ -65,6 +75,7 @@ class Services:
                 except ServiceUnavailable:
                     log.error("task %s not queued and its record not deleted", record.id)
             raise
+        metrics.TASKS_SUBMITTED.labels(kind.name).inc()
         return record
 
 

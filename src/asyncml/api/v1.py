@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: FastAPI must see each kind's inp
 as a real object in the generated endpoint's signature to validate and document it.
 """
 
+import logging
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -11,12 +12,14 @@ from fastapi import APIRouter, Body, Query, Response, status
 from pydantic import BaseModel, Field, HttpUrl, create_model
 
 from asyncml.api.deps import ServicesDep
-from asyncml.errors import TaskConflict, TaskNotFound
+from asyncml.errors import ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.store import Callback, TaskRecord, utcnow
 from asyncml.store.records import Event
 from asyncml.webhooks import notice
+
+log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
 
@@ -147,9 +150,12 @@ def build_router(registry: Registry) -> APIRouter:
             )
         if record.callback is not None and "completed" in record.callback.events:
             body = notice(record, "completed")
-            await anyio.to_thread.run_sync(
-                services.engine.publish_notice, task_id, "completed", body
-            )
+            try:
+                await anyio.to_thread.run_sync(
+                    services.engine.publish_notice, task_id, "completed", body
+                )
+            except ServiceUnavailable:  # the cancel stands; only its notice is lost
+                log.error("task %s cancelled, but its completed notice was not queued", task_id)
         return record
 
     @router.get("/kinds", response_model=list[KindView], tags=["kinds"])

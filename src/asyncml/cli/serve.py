@@ -48,6 +48,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker for some or all queues."""
+    _prepare_multiprocess_metrics()
     from asyncml.engine import make_celery
     from asyncml.engine.app import all_queues
     from asyncml.logging import configure_logging
@@ -78,7 +79,32 @@ def worker(
     ]
     if settings.embedded_broker:
         argv.append("--without-heartbeat")
+    if settings.worker_metrics_port:
+        from asyncml.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.worker_metrics_port)
     celery.worker_main(argv)
+
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not imported from metrics: that would load it
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """Prefork children share one metrics folder; it must exist, empty, before
+    prometheus-client is imported (it picks its storage at import)."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if "prometheus_client" in sys.modules and _MULTIPROC_ENV not in os.environ:
+        raise RuntimeError("prometheus_client was imported before the worker set its folder")
+    folder = os.environ.get(_MULTIPROC_ENV)
+    if folder is None:
+        os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="asyncml-metrics-")
+    elif not os.environ.get("ASYNCML_SUPERVISED"):
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 @app.command()
@@ -101,7 +127,7 @@ def up(
         where = redact_url(settings.broker_url_value())
         children = [api_child, Child("worker", worker_argv)]
         console.print(f"asyncml up: API on {_api_url(settings)}, broker {where}", highlight=False)
-        raise typer.Exit(Supervisor(children, env=os.environ).run())
+        raise typer.Exit(Supervisor(children, env=_children_env(settings)).run())
 
     from asyncml.engine.embedded import exclusive, recover_unacked
     from asyncml.store import open_store
@@ -122,11 +148,26 @@ def up(
                 f"{settings.data_dir.resolve()}; Ctrl-C to stop",
                 highlight=False,
             )
-            code = Supervisor(children, env=os.environ).run()
+            code = Supervisor(children, env=_children_env(settings)).run()
     except RuntimeError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_USAGE) from exc
     raise typer.Exit(code)
+
+
+def _children_env(settings: Settings) -> dict[str, str]:
+    """One metrics folder for the API and the worker, so the API's /metrics shows both."""
+    import shutil
+
+    folder = (settings.data_dir / "metrics").resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return {
+        **os.environ,
+        _MULTIPROC_ENV: str(folder),
+        "ASYNCML_SUPERVISED": "1",
+        "ASYNCML_WORKER_METRICS_PORT": "0",
+    }
 
 
 def _api_url(settings: Settings) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
 from typing import Any
 
 from amqp.exceptions import MessageNacked
 from celery import Celery
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_QUEUE = "webhooks"
 DELIVER_TASK = "asyncml.webhooks.deliver"
+NOTICE_ID_PREFIX = "notice:"
 
 
 def all_queues(registry: Registry) -> list[str]:
@@ -86,16 +89,16 @@ def make_celery(settings: Settings, registry: Registry) -> Celery:
     for kind in registry:
         _register(app, kind, runtime)
     _register_delivery(app, runtime)
-    runtime.notify = lambda task_id, event, body: send_notice(app, task_id, event, body)
+    runtime.notify = lambda task_id, event, body: send_notice(app, settings, task_id, event, body)
     app.asyncml_runtime = runtime  # type: ignore[attr-defined]  # reached by worker signals
     return app
 
 
 def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> None:
-    def run(payload: dict[str, Any]) -> None:
+    def run(payload: dict[str, Any], submitted_at: float | None = None) -> None:
         from celery import current_task
 
-        runtime.execute(kind, str(current_task.request.id), payload)
+        runtime.execute(kind, str(current_task.request.id), payload, submitted_at)
 
     run.__name__ = kind.name.replace(".", "_")
     task = app.task(
@@ -119,20 +122,75 @@ def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> 
     task_failure.connect(on_failure, sender=task, weak=False)
 
 
+def send_bounded(
+    app: Celery,
+    settings: Settings,
+    name: str,
+    args: list[Any],
+    *,
+    queue: str,
+    task_id: str | None = None,
+    countdown: float | None = None,
+) -> None:
+    """Publish one message with every wait bounded (pool, connection, confirm); any failure
+    becomes ServiceUnavailable, so no caller hangs on a stalled broker or sees a 500."""
+    timeout = settings.publish_timeout_s
+    connection_errors: tuple[type[BaseException], ...] = (OperationalError, OSError)
+    try:
+        app.send_task(
+            name,
+            args=args,
+            task_id=task_id,
+            queue=queue,
+            routing_key=queue,
+            countdown=countdown,
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.1,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            },
+            timeout=timeout,
+            confirm_timeout=timeout,
+        )
+    except MessageNacked as exc:
+        log.warning("broker refused %s message %s", name, task_id)
+        raise ServiceUnavailable("the broker refused the message (nack); retry later") from exc
+    except connection_errors as exc:
+        log.warning("publish of %s %s failed: %s", name, task_id, type(exc).__name__)
+        raise ServiceUnavailable(
+            f"the broker is unavailable, nothing queued ({type(exc).__name__}); retry later"
+        ) from exc
+    except Exception as exc:
+        # Not a known outage, but nothing is queued either: say so, keep the trace.
+        log.exception("unexpected publish failure for %s %s", name, task_id)
+        raise ServiceUnavailable(
+            f"the message could not be queued ({type(exc).__name__}); retry later"
+        ) from exc
+
+
 def send_notice(
     app: Celery,
+    settings: Settings,
     task_id: str,
     event: str,
     body: dict[str, Any],
     attempt: int = 1,
     countdown: float = 0,
 ) -> None:
-    """Queue one webhook delivery attempt (a message of its own, never a loop in the API)."""
-    app.send_task(
+    """Queue one webhook delivery attempt (a message of its own, never a loop in the API).
+
+    Its message id names the task, the event and the attempt, so the embedded broker's
+    recovery can tell whose notice it is.
+    """
+    send_bounded(
+        app,
+        settings,
         DELIVER_TASK,
-        args=[task_id, event, body, attempt],
+        [task_id, event, body, attempt],
         queue=WEBHOOK_QUEUE,
-        routing_key=WEBHOOK_QUEUE,
+        task_id=f"{NOTICE_ID_PREFIX}{task_id}:{event}:{attempt}:{uuid.uuid4().hex[:8]}",
         countdown=countdown or None,
     )
 
@@ -141,17 +199,23 @@ def _register_delivery(app: Celery, runtime: WorkerRuntime) -> None:
     def deliver(task_id: str, event: str, body: dict[str, Any], attempt: int) -> None:
         from asyncml.webhooks import deliver_once
 
-        delay = deliver_once(
-            runtime.settings,
-            runtime.store,
-            runtime.webhook_fetcher,
-            task_id=task_id,
-            event=event,  # type: ignore[arg-type]  # checked when the notice was made
-            body=body,
-            attempt=attempt,
-        )
-        if delay is not None:
-            send_notice(app, task_id, event, body, attempt + 1, countdown=delay)
+        try:
+            delay = deliver_once(
+                runtime.settings,
+                runtime.store,
+                runtime.webhook_fetcher,
+                task_id=task_id,
+                event=event,  # type: ignore[arg-type]  # checked when the notice was made
+                body=body,
+                attempt=attempt,
+            )
+            if delay is not None:
+                send_notice(
+                    app, runtime.settings, task_id, event, body, attempt + 1, countdown=delay
+                )
+        except (ServiceUnavailable, SoftTimeLimitExceeded) as exc:
+            # Store or broker away, or out of time: the message comes back, the notice waits.
+            raise Reject(f"delivery attempt not settled: {exc!r}", requeue=True) from exc
 
     app.task(
         name=DELIVER_TASK,
@@ -186,44 +250,38 @@ class Engine:
         Every wait is bounded by the publish timeout (pool, connection, confirm), so a
         stalled broker gives the client a 503, not a hung request.
         """
-        timeout = self.settings.publish_timeout_s
-        try:
-            self.celery.send_task(
-                kind.name,
-                args=[payload],
-                task_id=task_id,
-                queue=kind.queue,
-                routing_key=kind.queue,
-                retry=True,
-                retry_policy={
-                    "max_retries": 2,
-                    "interval_start": 0.1,
-                    "interval_step": 0.2,
-                    "interval_max": 0.5,
-                },
-                timeout=timeout,
-                confirm_timeout=timeout,
-            )
-        except MessageNacked as exc:
-            log.warning("broker refused %s task %s", kind.name, task_id)
-            raise ServiceUnavailable("the broker refused the task (nack); retry later") from exc
-        except self._connection_errors as exc:
-            log.warning("publish failed for %s task %s: %s", kind.name, task_id, type(exc).__name__)
-            raise ServiceUnavailable(
-                f"the broker is unavailable, task not queued ({type(exc).__name__}); retry later"
-            ) from exc
-        except Exception as exc:
-            # Not a known outage, but the task is not queued either: say so, keep the trace.
-            log.exception("unexpected publish failure for %s task %s", kind.name, task_id)
-            raise ServiceUnavailable(
-                f"the task could not be queued ({type(exc).__name__}); retry later"
-            ) from exc
+        send_bounded(
+            self.celery,
+            self.settings,
+            kind.name,
+            [payload, time.time()],
+            queue=kind.queue,
+            task_id=task_id,
+        )
 
     def publish_notice(self, task_id: str, event: str, body: dict[str, Any]) -> None:
-        try:
-            send_notice(self.celery, task_id, event, body)
-        except self._connection_errors as exc:
-            log.error("webhook for task %s not queued: %s", task_id, type(exc).__name__)
+        send_notice(self.celery, self.settings, task_id, event, body)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each queue, asked of the broker (blocking; for /metrics)."""
+        queues = all_queues(self.registry)
+        if self.settings.embedded_broker:
+            from asyncml.engine.embedded import waiting_messages
+
+            return waiting_messages(self.settings, queues)
+        depths: dict[str, int] = {}
+        with self.celery.connection_for_write() as conn:
+            conn.ensure_connection(
+                max_retries=1, timeout=math.ceil(self.settings.publish_timeout_s)
+            )
+            channel: Any = conn.default_channel  # kombu types the channel loosely
+            for queue in queues:
+                try:
+                    declared = channel.queue_declare(queue=queue, passive=True)
+                except self._connection_errors:
+                    continue  # not declared yet: no worker has consumed it
+                depths[queue] = int(declared.message_count)
+        return depths
 
     def ping_broker(self) -> None:
         try:

@@ -81,12 +81,18 @@ def recover_unacked(settings: Settings, store: TaskStore) -> tuple[int, int]:
             return (0, 0)
         by_task: dict[str, list[tuple[int, bool]]] = {}
         delete: list[int] = []
+        restore: list[int] = []
         for msg_id, visible, payload in rows:
             task_id = _task_id(payload)
             if task_id is None:
                 continue  # not ours to judge
+            if task_id.startswith("notice:"):
+                # A webhook attempt (maybe waiting out its back-off): bring it back; the
+                # delivery task skips it if its notice was settled meanwhile.
+                if not visible:
+                    restore.append(msg_id)
+                continue
             by_task.setdefault(task_id, []).append((msg_id, bool(visible)))
-        restore: list[int] = []
         for task_id, messages in by_task.items():
             hidden = [m for m, visible in messages if not visible]
             if not hidden:
@@ -133,3 +139,23 @@ def _task_id(payload: str) -> str | None:
     except (ValueError, AttributeError):
         return None
     return task_id if isinstance(task_id, str) else None
+
+
+def waiting_messages(settings: Settings, queues: list[str]) -> dict[str, int]:
+    """Visible (not yet fetched) messages per queue in the embedded broker."""
+    path = (settings.data_dir / "broker.sqlite3").resolve()
+    depths = dict.fromkeys(queues, 0)
+    if not path.exists():
+        return depths
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        rows = conn.execute(
+            "SELECT q.name, COUNT(m.id) FROM kombu_queue q "
+            "LEFT JOIN kombu_message m ON m.queue_id = q.id AND m.visible = 1 GROUP BY q.name"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return depths
+    finally:
+        conn.close()
+    depths.update({name: int(count) for name, count in rows if name in depths})
+    return depths

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from asyncml import metrics
 from asyncml.errors import (
     AsyncmlError,
     InputInvalid,
@@ -26,8 +28,9 @@ from asyncml.errors import (
 )
 from asyncml.fetch import Fetcher
 from asyncml.kinds import TaskContext, TaskKind
+from asyncml.logging import task_context
 from asyncml.settings import Settings
-from asyncml.store import ErrorBody, TaskStatus, TaskStore, open_store, utcnow
+from asyncml.store import Delivery, ErrorBody, TaskStatus, TaskStore, open_store, utcnow
 from asyncml.store.records import Event
 from asyncml.webhooks import notice
 
@@ -70,21 +73,44 @@ class WorkerRuntime:
                 read_timeout_s=timeout,
                 total_timeout_s=timeout,
                 max_redirects=0,
+                allow_loopback=self.settings.webhook_allow_loopback,
+                allow_private=self.settings.webhook_allow_private,
             )
         return self._webhook_fetcher
 
     def _announce(self, task_id: str, event: Event, store: TaskStore | None = None) -> None:
-        """Queue the webhook notice of ``event`` if the task asked for it. Never fails the
-        task: a notice that cannot be queued is logged."""
+        """Queue the webhook notice of ``event`` if the task asked for it.
+
+        The delivery is first recorded as pending with 0 attempts, then queued. A
+        ``completed`` notice that cannot be queued gives the task's message back to the
+        broker: its redelivery finds the task final and announces again (see
+        ``_announce_if_owed``), so the notice is late rather than lost. A ``started``
+        notice that cannot be queued is only logged.
+        """
         if self.notify is None:
             return
+        target = store or self.store
         try:
-            record = (store or self.store).get(task_id)
+            record = target.get(task_id)
             if record is None or record.callback is None or event not in record.callback.events:
                 return
+            target.set_delivery(task_id, event, Delivery(state="pending", updated_at=utcnow()))
             self.notify(task_id, event, notice(record, event))
-        except Exception:
+        except Exception as exc:
             log.exception("could not queue the %s notice of task %s", event, task_id)
+            if event == "completed" and store is None:
+                raise Reject(f"notice not queued: {exc!r}", requeue=True) from exc
+
+    def _announce_if_owed(self, task_id: str) -> None:
+        """On a redelivery of a final task: queue its completed notice if it never was."""
+        record = self.store.get(task_id)
+        if record is None or not record.final or record.callback is None:
+            return
+        owed = record.deliveries.get("completed")
+        if "completed" in record.callback.events and (
+            owed is None or (owed.state == "pending" and owed.attempts == 0)
+        ):
+            self._announce(task_id, "completed")
 
     def _retrying(self, within_s: float | None = None) -> Retrying:
         return Retrying(
@@ -128,14 +154,31 @@ class WorkerRuntime:
         )
         store = open_store(self.settings)
         try:
-            store.finish(task_id, TaskStatus.FAILURE, utcnow(), error=error)
-            self._announce(task_id, "completed", store)
+            if store.finish(task_id, TaskStatus.FAILURE, utcnow(), error=error):
+                self._announce(task_id, "completed", store)
         except ServiceUnavailable as exc:
             log.error("%s task %s timed out; could not record it: %s", kind.name, task_id, exc)
         finally:
             store.close()
 
-    def execute(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
+    def execute(
+        self,
+        kind: TaskKind[Any, Any],
+        task_id: str,
+        payload: dict[str, Any],
+        submitted_at: float | None = None,
+    ) -> None:
+        """Run one delivery of a task; ``submitted_at`` (epoch) measures its queue wait."""
+        with task_context(task_id, kind.name):
+            self._execute(kind, task_id, payload, submitted_at)
+
+    def _execute(
+        self,
+        kind: TaskKind[Any, Any],
+        task_id: str,
+        payload: dict[str, Any],
+        submitted_at: float | None,
+    ) -> None:
         try:
             attempt = self._retrying(within_s=kind.limits.timeout_s / 2)(
                 self.store.start, task_id, utcnow()
@@ -144,6 +187,7 @@ class WorkerRuntime:
             raise Reject(str(exc), requeue=True) from exc
         if not attempt:
             log.info("skipping %s task %s: cancelled, finished or expired", kind.name, task_id)
+            self._announce_if_owed(task_id)
             return
         if attempt > kind.limits.max_attempts:
             log.error("%s task %s: attempt %d, giving up", kind.name, task_id, attempt)
@@ -159,7 +203,12 @@ class WorkerRuntime:
             self._announce(task_id, "completed")
             return
         if attempt == 1:
+            if submitted_at is not None:
+                metrics.TASK_QUEUE_WAIT.labels(kind.name).observe(
+                    max(0.0, time.time() - submitted_at)
+                )
             self._announce(task_id, "started")
+        began = time.perf_counter()
         assert self._ctx is not None
         self._ctx.task_id = task_id
         result: dict[str, Any] | None = None
@@ -178,6 +227,8 @@ class WorkerRuntime:
         except Exception as exc:
             log.exception("%s task %s crashed", kind.name, task_id)
             error = ErrorBody(type="internal_error", message=f"{type(exc).__name__}: {exc}")
+        metrics.TASK_RUN.labels(kind.name).observe(time.perf_counter() - began)
         status = self._finish(kind, task_id, result=result, error=error)
+        metrics.TASKS_FINISHED.labels(kind.name, status.value).inc()
         self._announce(task_id, "completed")
         log.info("%s task %s finished: %s", kind.name, task_id, status.value)

@@ -72,6 +72,13 @@ redis.call('SET', KEYS[1], string.format('%d', start + interval),
            'PX', math.floor((start + interval - now) / 1000) + 60000)
 return start - now
 """
+# Only on a record that still exists: an expired task must not come back as a bare hash.
+_SET_DELIVERY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"""
 _CACHE_PREFIX = "asyncml:cache:"
 _DELIVERY_PREFIX = "delivery:"
 _SLOT_PREFIX = "asyncml:slot:"
@@ -156,6 +163,7 @@ class RedisTaskStore:
         self._finish = self._r.register_script(_FINISH)
         self._cancel = self._r.register_script(_CANCEL)
         self._reserve = self._r.register_script(_RESERVE)
+        self._set_delivery = self._r.register_script(_SET_DELIVERY)
 
     def create(self, record: TaskRecord) -> None:
         try:
@@ -216,8 +224,9 @@ class RedisTaskStore:
 
     def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
         try:
-            if self._r.exists(_key(task_id)):
-                self._r.hset(_key(task_id), _DELIVERY_PREFIX + event, delivery.model_dump_json())
+            self._set_delivery(
+                keys=[_key(task_id)], args=[_DELIVERY_PREFIX + event, delivery.model_dump_json()]
+            )
         except RedisError as exc:
             raise _unavailable(exc) from exc
 

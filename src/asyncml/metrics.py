@@ -1,0 +1,111 @@
+"""Every Prometheus collector, defined once.
+
+Workers run tasks in prefork children, so their metrics use prometheus-client's
+multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is first
+imported (``asyncml worker`` and ``asyncml up`` do it) and the exporter sums the children's
+files. The API exports its own series, the queue depths it reads from the broker at scrape
+time, and, under ``asyncml up`` (one folder shared by all processes), the workers' too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+HTTP_REQUESTS = Counter(
+    "asyncml_http_requests_total",
+    "HTTP requests answered by the API.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "asyncml_http_request_duration_seconds",
+    "Time the API took to answer, by route template.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+TASKS_SUBMITTED = Counter(
+    "asyncml_tasks_submitted_total", "Tasks accepted and queued, by kind.", ["kind"]
+)
+TASKS_FINISHED = Counter(
+    "asyncml_tasks_finished_total",
+    "Tasks that reached a final state in a worker, by kind and state.",
+    ["kind", "status"],
+)
+TASK_RUN = Histogram(
+    "asyncml_task_run_seconds",
+    "Time a worker spent running a task, measured by the worker.",
+    ["kind"],
+    buckets=_TASK_BUCKETS,
+)
+TASK_QUEUE_WAIT = Histogram(
+    "asyncml_task_queue_wait_seconds",
+    "Time from submission to a worker starting the task, measured by the worker.",
+    ["kind"],
+    buckets=_TASK_BUCKETS,
+)
+
+
+class QueueDepth(Collector):
+    """Reads each queue's waiting messages from the broker when scraped."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "asyncml_queue_depth", "Messages waiting in each queue of the broker.", labels=["queue"]
+        )
+        try:
+            depths = self._depths()
+        except Exception:  # a down broker: no sample, not a failed scrape
+            depths = {}
+        for queue, depth in sorted(depths.items()):
+            family.add_metric([queue], depth)
+        yield family
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def exposition(extra: Iterable[Collector] = ()) -> bytes:
+    """The text exposition: this process's series, or every process's in multiprocess mode."""
+    registry = CollectorRegistry()
+    if multiprocess_dir() is not None:
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in the library
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    payload = generate_latest(registry)
+    for collector in extra:
+        own = CollectorRegistry()
+        own.register(collector)
+        payload += generate_latest(own)
+    return payload
+
+
+def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> None:  # scrape target
+    """The worker's exporter: a thread in the main process summing its children's files."""
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in the library
+    start_http_server(port, addr=host, registry=registry)
+
+
+def mark_dead(pid: int) -> None:
+    if multiprocess_dir() is not None:
+        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped in the library
