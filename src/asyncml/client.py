@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -93,7 +94,10 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, ServiceUnavailable | RateLimited)
+    """Retry only what queued nothing: unreachable, 503, or a 429 that says when to return."""
+    if isinstance(exc, RateLimited):
+        return exc.retry_after_s is not None
+    return isinstance(exc, ServiceUnavailable)
 
 
 def _wait_for(state: RetryCallState) -> float:
@@ -160,6 +164,7 @@ class Client:
         max_connections: int = 100,
     ) -> None:
         self.retries = retries
+        self.max_connections = max_connections
         self._http = httpx.Client(
             base_url=base_url,
             headers=_headers(api_key),
@@ -237,25 +242,35 @@ class Client:
         concurrency: int = 16,
         timeout: float | None = None,
         progress: bool | None = None,
-    ) -> Iterator[Task]:
+    ) -> Generator[Task, None, None]:
         """Submit every input with at most ``concurrency`` in flight; yield final tasks
-        in the order they finish. Failed tasks are yielded too (check ``task.error``)."""
+        in the order they finish. Failed tasks are yielded too (check ``task.error``); an
+        input the server refuses (e.g. 422) raises. Stopping early submits nothing more."""
         items = [dict(i) for i in inputs]
         bar = _progress(len(items), progress, kind)
+        # Each task in flight holds a pooled connection while it long-polls.
+        width = max(1, min(concurrency, self.max_connections))
 
         def one(item: dict[str, Any]) -> Task:
             return self.wait(self.submit(kind, **item).id, timeout=timeout)
 
         context: AbstractContextManager[Any] = bar if bar is not None else nullcontext()
-        with (
-            context,
-            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
-        ):
-            futures = [pool.submit(one, item) for item in items]
-            for future in concurrent.futures.as_completed(futures):
-                if bar is not None:
-                    bar.advance(bar.task_ids[0])
-                yield future.result()
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=width)
+        try:
+            with context:
+                pending = iter(items)
+                running = {pool.submit(one, item) for item in itertools.islice(pending, width)}
+                while running:
+                    done, running = concurrent.futures.wait(
+                        running, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        running |= {pool.submit(one, i) for i in itertools.islice(pending, 1)}
+                        if bar is not None:
+                            bar.advance(bar.task_ids[0])
+                        yield future.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class AsyncClient:
@@ -272,6 +287,7 @@ class AsyncClient:
         max_connections: int = 100,
     ) -> None:
         self.retries = retries
+        self.max_connections = max_connections
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers=_headers(api_key),
@@ -350,7 +366,7 @@ class AsyncClient:
     ) -> AsyncIterator[Task]:
         items = [dict(i) for i in inputs]
         bar = _progress(len(items), progress, kind)
-        slots = asyncio.Semaphore(max(1, concurrency))
+        slots = asyncio.Semaphore(max(1, min(concurrency, self.max_connections)))
 
         async def one(item: dict[str, Any]) -> Task:
             async with slots:

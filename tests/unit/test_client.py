@@ -209,3 +209,43 @@ async def test_map_yields_every_task_once_finished(
         await asyncio.wait_for(worker, 10)
     assert len({t.id for t in tasks}) == 5
     assert all(t.status is TaskStatus.SUCCESS for t in tasks)
+
+
+async def test_429_without_retry_after_is_not_retried(
+    make_client: Callable[..., AsyncClient],
+) -> None:
+    limited = [httpx.Response(429, json={"type": "rate_limited", "message": "slow down"})]
+    async with make_client(limited) as client:
+        with pytest.raises(RateLimited, match="slow down"):
+            await client.get("any")
+        assert client.transport.requests == 1  # type: ignore[attr-defined]
+
+
+def _fake_server(submitted: list[str]) -> httpx.MockTransport:
+    """An HTTP stand-in that accepts every task and reports it finished at once."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        now = "2026-01-01T00:00:00+00:00"
+        if request.method == "POST":
+            submitted.append(request.content.decode())
+            task_id = f"t{len(submitted)}"
+            body = {"id": task_id, "kind": "k.x", "status": "QUEUED", "submitted_at": now}
+            return httpx.Response(202, json=body)
+        task_id = request.url.path.rsplit("/", 1)[1]
+        return httpx.Response(
+            200, json={"id": task_id, "kind": "k.x", "status": "SUCCESS", "submitted_at": now}
+        )
+
+    return httpx.MockTransport(handle)
+
+
+def test_stopping_a_map_early_submits_nothing_more() -> None:
+    from asyncml.client import Client
+
+    submitted: list[str] = []
+    with Client("http://x", transport=_fake_server(submitted)) as client:
+        tasks = client.map("k.x", [{"n": i} for i in range(100)], concurrency=4, progress=False)
+        first = next(tasks)
+        tasks.close()
+    assert first.status is TaskStatus.SUCCESS
+    assert len(submitted) <= 8
