@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -111,6 +112,21 @@ def _wait_for(state: RetryCallState) -> float:
     return backoff(state)
 
 
+def _lost(method: str, kwargs: Mapping[str, Any], exc: Exception) -> AsyncmlError:
+    """A connection lost mid-request is safe to retry only if repeating it changes nothing:
+    a GET, or a POST that carries an idempotency key."""
+    headers = kwargs.get("headers") or {}
+    if method == "GET" or "idempotency-key" in headers:
+        return ServiceUnavailable(f"connection lost: {exc!r}")
+    return AsyncmlError(f"the request failed: {exc!r}")
+
+
+def _idempotent() -> dict[str, str]:
+    """One key per submit call, sent again on each retry: a retried submit whose first
+    try did reach the server returns that task instead of queueing a second one."""
+    return {"idempotency-key": f"asyncml-{uuid.uuid4()}"}
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     from asyncml import __version__
 
@@ -188,7 +204,7 @@ class Client:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServiceUnavailable(f"cannot reach the service: {exc}") from exc
         except httpx.TransportError as exc:
-            raise AsyncmlError(f"the request failed: {exc!r}") from exc
+            raise _lost(method, kwargs, exc) from exc
         if response.is_success:
             return response.json()
         raise _error_from(response)
@@ -208,7 +224,9 @@ class Client:
 
     def submit(self, kind: str, /, **inputs: Any) -> Task:
         """Queue one task; returns at once with its id and status QUEUED."""
-        return Task.model_validate(self._request("POST", f"/v1/tasks/{kind}", json=inputs))
+        return Task.model_validate(
+            self._request("POST", f"/v1/tasks/{kind}", json=inputs, headers=_idempotent())
+        )
 
     def get(self, task_id: str) -> Task:
         return Task.model_validate(self._request("GET", f"/v1/tasks/{task_id}"))
@@ -311,7 +329,7 @@ class AsyncClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ServiceUnavailable(f"cannot reach the service: {exc}") from exc
         except httpx.TransportError as exc:
-            raise AsyncmlError(f"the request failed: {exc!r}") from exc
+            raise _lost(method, kwargs, exc) from exc
         if response.is_success:
             return response.json()
         raise _error_from(response)
@@ -330,7 +348,9 @@ class AsyncClient:
         return kinds
 
     async def submit(self, kind: str, /, **inputs: Any) -> Task:
-        return Task.model_validate(await self._request("POST", f"/v1/tasks/{kind}", json=inputs))
+        return Task.model_validate(
+            await self._request("POST", f"/v1/tasks/{kind}", json=inputs, headers=_idempotent())
+        )
 
     async def get(self, task_id: str) -> Task:
         return Task.model_validate(await self._request("GET", f"/v1/tasks/{task_id}"))

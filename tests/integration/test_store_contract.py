@@ -223,3 +223,20 @@ def test_callback_and_delivery_state_are_kept(store: TaskStore) -> None:
     assert record.callback.events == ["started", "completed"]
     assert record.deliveries["completed"].state == "delivered"
     assert record.deliveries["completed"].attempts == 2
+
+
+def test_idempotency_key_is_bound_once(stores: tuple[TaskStore, AsyncTaskStore]) -> None:
+    _, async_store = stores
+    key = f"key-{uuid.uuid4()}"
+
+    async def scenario() -> list[tuple[str, str] | None]:
+        outcomes = [
+            await async_store.claim_key(key, "print-a", "task-1", 60),
+            await async_store.claim_key(key, "print-b", "task-2", 60),
+        ]
+        await async_store.release_key(key)
+        outcomes.append(await async_store.claim_key(key, "print-c", "task-3", 60))
+        await async_store.close()
+        return outcomes
+
+    assert asyncio.run(scenario()) == [None, ("task-1", "print-a"), None]

@@ -236,3 +236,35 @@ def test_oversized_chunked_body_is_refused_with_413(client: TestClient) -> None:
         "/v1/tasks/audio.length", content=chunks, headers={"content-type": "application/json"}
     )
     assert response.status_code == 413
+
+
+def test_same_idempotency_key_and_body_returns_the_original_task(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}, headers=headers)
+    again = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert queued_messages() == 1
+
+
+def test_same_idempotency_key_with_another_body_is_refused(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    headers = {"Idempotency-Key": "order-43"}
+    client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}, headers=headers)
+    other = client.post(
+        "/v1/tasks/audio.length", json={"audio_url": WAV_URL + "?v=2"}, headers=headers
+    )
+    assert other.status_code == 422
+    assert "Idempotency-Key" in other.json()["message"]
+    assert queued_messages() == 1
+
+
+def test_without_idempotency_key_each_submit_is_a_new_task(client: TestClient) -> None:
+    ids = {
+        client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL}).json()["id"]
+        for _ in range(2)
+    }
+    assert len(ids) == 2

@@ -249,3 +249,34 @@ def test_stopping_a_map_early_submits_nothing_more() -> None:
         tasks.close()
     assert first.status is TaskStatus.SUCCESS
     assert len(submitted) <= 8
+
+
+class LosesFirstAnswer(httpx.AsyncBaseTransport):
+    """Delivers the first request to the app, then drops its answer (connection lost)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        response = await self.inner.handle_async_request(request)
+        if self.requests == 1:
+            await response.aread()
+            raise httpx.ReadError("connection reset", request=request)
+        return response
+
+
+async def test_retried_submit_whose_answer_was_lost_makes_one_task(
+    app_transport: httpx.ASGITransport, store: SqliteTaskStore
+) -> None:
+    import sqlite3
+
+    transport = LosesFirstAnswer(app_transport)
+    async with AsyncClient("http://testserver", transport=transport, retries=2) as client:
+        task = await client.submit("audio.length", audio_url=WAV_URL)
+    assert transport.requests == 2
+    conn = sqlite3.connect(store.path)
+    ids = [row[0] for row in conn.execute("SELECT id FROM tasks")]
+    conn.close()
+    assert ids == [task.id]

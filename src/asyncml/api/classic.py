@@ -57,7 +57,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
                 log.info("classic %s: callback requested, no default callback URL set", kind.name)
             else:
                 callback = Callback(url=str(url))
-        record = await services.submit(kind, body, exclude={"callback"}, callback=callback)
+        record, _ = await services.submit(kind, body, exclude={"callback"}, callback=callback)
         return ClassicAccepted(id=record.id)
 
     router.add_api_route(

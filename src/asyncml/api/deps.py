@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from asyncml.store import AsyncTaskStore, Callback, TaskRecord, TaskStatus, utcn
 
 log = logging.getLogger(__name__)
 
+IDEMPOTENCY_TTL_S = 24 * 3600
+
 
 @dataclass
 class Services:
@@ -37,11 +41,14 @@ class Services:
         *,
         exclude: set[str] | None = None,
         callback: Callback | None = None,
-    ) -> TaskRecord:
+        idempotency_key: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
         """Record QUEUED first, then publish: an id the client holds is never unknown.
 
         If the broker refuses, the record goes too: the client got a 503 and no id.
         ``exclude`` names the body's fields that are options of the route, not input.
+        With an ``idempotency_key`` already used for the same kind and body, nothing is
+        queued and the original task comes back; returns (task, replayed).
         """
         if callback is not None:
             if self.settings.webhook_secret is None:
@@ -65,6 +72,10 @@ class Services:
         )
         await self.store.create(record)
         payload = body.model_dump(mode="json", exclude=exclude)
+        if idempotency_key is not None:
+            replayed = await self._claim(kind, record, payload, callback, idempotency_key)
+            if replayed is not None:
+                return replayed, True
         try:
             await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload)
         except BaseException:
@@ -72,11 +83,47 @@ class Services:
             with anyio.CancelScope(shield=True):
                 try:
                     await self.store.delete(record.id)
+                    if idempotency_key is not None:
+                        await self.store.release_key(idempotency_key)
                 except ServiceUnavailable:
                     log.error("task %s not queued and its record not deleted", record.id)
             raise
         metrics.TASKS_SUBMITTED.labels(kind.name).inc()
-        return record
+        return record, False
+
+    async def _claim(
+        self,
+        kind: TaskKind[Any, Any],
+        record: TaskRecord,
+        payload: dict[str, Any],
+        callback: Callback | None,
+        key: str,
+    ) -> TaskRecord | None:
+        """Bind ``key`` to this new task, or return the task it already names (and drop
+        ours). The fingerprint covers kind, input and callback: the same key with another
+        request is a client bug, answered 422."""
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [kind.name, payload, None if callback is None else callback.model_dump()],
+                sort_keys=True,
+                separators=(",", ":"),
+            ).encode()
+        ).hexdigest()
+        bound = await self.store.claim_key(key, fingerprint, record.id, IDEMPOTENCY_TTL_S)
+        if bound is None:
+            return None
+        await self.store.delete(record.id)
+        bound_id, bound_print = bound
+        if bound_print != fingerprint:
+            raise InputInvalid(
+                "Idempotency-Key: this key was used within 24 h for a different request"
+            )
+        original = await self.store.get(bound_id)
+        if original is None:  # the original's record has expired: the key is free again
+            await self.store.release_key(key)
+            await self.store.create(record)
+            return await self._claim(kind, record, payload, callback, key)
+        return original
 
 
 def get_services(request: Request) -> Services:

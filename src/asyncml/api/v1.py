@@ -8,7 +8,7 @@ import logging
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Header, Query, Response, status
 from pydantic import BaseModel, Field, HttpUrl, create_model
 
 from asyncml.api.deps import ServicesDep
@@ -80,12 +80,25 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         body: Annotated[request_model, Body()],  # type: ignore[valid-type]  # built per kind
         services: ServicesDep,
         response: Response,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=255,
+                description="Send the same key again (within 24 h, same body) to get the "
+                "original task back instead of a second one.",
+            ),
+        ] = None,
     ) -> TaskRecord:
         url = body.callback_url  # type: ignore[attr-defined]  # added by _request_model
         events = body.callback_events  # type: ignore[attr-defined]  # likewise
         callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
-        record = await services.submit(kind, body, exclude=_OPTIONS, callback=callback)
+        record, replayed = await services.submit(
+            kind, body, exclude=_OPTIONS, callback=callback, idempotency_key=idempotency_key
+        )
         response.headers["Location"] = f"/v1/tasks/{record.id}"
+        if replayed:
+            response.status_code = status.HTTP_200_OK
         return record
 
     router.add_api_route(
@@ -100,6 +113,7 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         tags=[kind.family],
         openapi_extra={"x-asyncml-output": kind.output_model.model_json_schema()},
         responses={
+            200: {"description": "Replay of an Idempotency-Key: the original task."},
             422: {"description": "The input does not fit the kind's schema; nothing queued."},
             503: {"description": "The broker or result store is down; nothing queued."},
         },

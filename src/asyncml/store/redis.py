@@ -80,6 +80,7 @@ end
 return 0
 """
 _CACHE_PREFIX = "asyncml:cache:"
+_IDEMPOTENCY_PREFIX = "asyncml:idem:"
 _DELIVERY_PREFIX = "delivery:"
 _SLOT_PREFIX = "asyncml:slot:"
 
@@ -312,6 +313,28 @@ class AsyncRedisTaskStore:
                     if message is not None:
                         record = await self.get(task_id)
                 return record
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def claim_key(
+        self, key: str, fingerprint: str, task_id: str, ttl_s: int
+    ) -> tuple[str, str] | None:
+        name = _IDEMPOTENCY_PREFIX + key
+        try:
+            if await self._r.set(name, f"{task_id} {fingerprint}", nx=True, ex=ttl_s):
+                return None
+            bound = await self._r.get(name)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        if bound is None:  # expired between the two calls: try once more
+            return await self.claim_key(key, fingerprint, task_id, ttl_s)
+        text = bound.decode() if isinstance(bound, bytes) else bound
+        bound_id, _, bound_print = text.partition(" ")
+        return bound_id, bound_print
+
+    async def release_key(self, key: str) -> None:
+        try:
+            await self._r.delete(_IDEMPOTENCY_PREFIX + key)
         except RedisError as exc:
             raise _unavailable(exc) from exc
 

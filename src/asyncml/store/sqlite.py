@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, task_id TEXT NOT NULL, expires_at REAL
+);
 """
 _ADDED_COLUMNS = {
     "attempts": "INTEGER NOT NULL DEFAULT 0",
@@ -198,6 +201,28 @@ class SqliteTaskStore:
         ).fetchone()
         return max(0.0, float(row[0]) - interval_s - now)
 
+    def claim_key(
+        self, key: str, fingerprint: str, task_id: str, ttl_s: int
+    ) -> tuple[str, str] | None:
+        now = time.time()
+        # An expired binding is replaced; a live one wins the conflict and is read back.
+        row = self._execute(
+            "INSERT INTO idempotency (key, fingerprint, task_id, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, "
+            "task_id = excluded.task_id, expires_at = excluded.expires_at "
+            "WHERE idempotency.expires_at < ? RETURNING task_id",
+            (key, fingerprint, task_id, now + ttl_s, now),
+        ).fetchone()
+        if row is not None:
+            return None
+        bound = self._execute(
+            "SELECT task_id, fingerprint FROM idempotency WHERE key = ?", (key,)
+        ).fetchone()
+        return None if bound is None else (str(bound[0]), str(bound[1]))
+
+    def release_key(self, key: str) -> None:
+        self._execute("DELETE FROM idempotency WHERE key = ?", (key,))
+
     def purge_expired(self) -> int:
         cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
         return cur.rowcount
@@ -243,6 +268,16 @@ class AsyncSqliteTaskStore:
                 return record
             await anyio.sleep(min(delay, remaining))  # back-off poll: no notification in SQLite
             delay = min(delay * 2, self._POLL_MAX_S)
+
+    async def claim_key(
+        self, key: str, fingerprint: str, task_id: str, ttl_s: int
+    ) -> tuple[str, str] | None:
+        return await anyio.to_thread.run_sync(
+            self._store.claim_key, key, fingerprint, task_id, ttl_s
+        )
+
+    async def release_key(self, key: str) -> None:
+        await anyio.to_thread.run_sync(self._store.release_key, key)
 
     async def ping(self) -> None:
         await anyio.to_thread.run_sync(self._store.ping)
