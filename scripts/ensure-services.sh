@@ -22,6 +22,7 @@ export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
+command -v ip >/dev/null || missing+=(iproute2)  # test_multihost.py: ip netns
 
 if ((${#missing[@]} == 0)); then
     echo "ensure-services: redis-server and rabbitmq-server are installed"

@@ -2,8 +2,9 @@
 
 Each server owns one working directory (data, logs, config) and its process group, so a
 test can stop it and start it again on the same port with the same data: that is how
-restart tests check durability. Nothing listens beyond 127.0.0.1, and nothing is read
-from the system configuration (/etc/redis, /etc/rabbitmq, /var/lib/rabbitmq).
+restart tests check durability. Nothing listens beyond 127.0.0.1 unless a test passes
+another `host` (an address inside a network namespace of its own, see netns.py), and
+nothing is read from the system configuration (/etc/redis, /etc/rabbitmq, /var/lib/rabbitmq).
 
 Readiness means answering the real protocol (Redis PING, an AMQP handshake), not an open
 port: RabbitMQ accepts TCP connections before it will accept AMQP logins.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import secrets
 import shutil
@@ -98,6 +100,10 @@ def free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
         return ports
+
+
+def _is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -294,10 +300,14 @@ class _Server(ABC):
 
 
 class RedisServer(_Server):
-    """redis-server on 127.0.0.1, its data in `workdir`.
+    """redis-server on 127.0.0.1 (or `host`), its data in `workdir`.
 
     `appendonly=True` (the default) makes data survive stop() and start(); SIGTERM makes
     Redis fsync the append-only file before it exits.
+
+    On another `host` protected mode is off: without a password it would refuse every
+    client but loopback ones. Readiness is probed at `host`, so start() must run where
+    that address is reachable (in its namespace's thread, for netns.py hosts).
     """
 
     readiness = "PING"
@@ -311,37 +321,42 @@ class RedisServer(_Server):
         binary: str | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 10.0,
+        host: str = "127.0.0.1",
     ) -> None:
         self.binary = binary or require_binary("redis-server")
+        self.host = host
         self.port = port or free_ports(1)[0]
         self.appendonly = appendonly
         super().__init__(workdir, start_timeout=start_timeout, stop_timeout=stop_timeout)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
         """A client with short timeouts; the caller closes it (it is a context manager)."""
         return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_connect_timeout=1.0, socket_timeout=5.0
+            host=self.host, port=self.port, socket_connect_timeout=1.0, socket_timeout=5.0
         )
 
     def _command(self) -> list[str]:
-        return [
+        command = [
             self.binary,
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--dir", str(self.workdir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
         ]  # fmt: skip
+        if not _is_loopback(self.host):
+            command += ["--protected-mode", "no"]
+        return command
 
     def _ready(self) -> bool:
         # One attempt: redis-py's default retries would hide an exited server for seconds.
         probe = redis.Redis(
-            host="127.0.0.1",
+            host=self.host,
             port=self.port,
             socket_connect_timeout=0.5,
             socket_timeout=0.5,
@@ -361,6 +376,11 @@ class RabbitMQServer(_Server):
     stop() brings back durable queues and persistent messages. Default user guest/guest,
     which RabbitMQ allows from loopback only. No plugins.
 
+    With another `host`, AMQP listens there and guest may log in from anywhere; epmd and
+    Erlang distribution stay on 127.0.0.1 (the node is `...@localhost`), which is the
+    namespace's own loopback when the node runs in one. Readiness is probed at `host`, so
+    start() must run where that address is reachable.
+
     HOME is `workdir/home`, where Erlang creates the cookie that rabbitmqctl() then uses;
     RABBITMQ_ERLANG_COOKIE is deprecated in 3.10.
     """
@@ -378,8 +398,10 @@ class RabbitMQServer(_Server):
         binary: str | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
+        host: str = "127.0.0.1",
     ) -> None:
         self.server_script = _unwrap_debian_rabbitmq(binary or require_binary("rabbitmq-server"))
+        self.host = host
         self.ctl_script = self.server_script.with_name("rabbitmqctl")
         self.epmd_binary = require_binary("epmd")
         picked = free_ports(3)
@@ -391,14 +413,17 @@ class RabbitMQServer(_Server):
         super().__init__(workdir, start_timeout=start_timeout, stop_timeout=stop_timeout)
         for sub in ("home", "mnesia", "log"):
             (workdir / sub).mkdir(exist_ok=True)
-        (workdir / "rabbitmq.conf").write_text("log.console = false\nlog.file.level = info\n")
+        config = "log.console = false\nlog.file.level = info\n"
+        if not _is_loopback(host):
+            config += "loopback_users = none\n"  # guest from other hosts too: test only
+        (workdir / "rabbitmq.conf").write_text(config)
         (workdir / "enabled_plugins").write_text("[].\n")
         # Replaces /etc/rabbitmq/rabbitmq-env.conf, which the scripts would otherwise source.
         (workdir / "rabbitmq-env.conf").write_text("")
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        return f"amqp://guest:guest@{self.host}:{self.port}//"
 
     @property
     def log_file(self) -> Path:
@@ -420,7 +445,7 @@ class RabbitMQServer(_Server):
             ERL_EPMD_PORT=str(self.epmd_port),
             ERL_EPMD_ADDRESS="127.0.0.1",
             RABBITMQ_NODENAME=self.node_name,
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
             RABBITMQ_NODE_PORT=str(self.port),
             # The default, node port + 20000, is out of range for most free ports.
             RABBITMQ_DIST_PORT=str(self.dist_port),

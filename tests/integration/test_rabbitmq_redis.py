@@ -174,6 +174,8 @@ def test_worker_logs_are_json_lines_carrying_the_task_id(
 ) -> None:
     task_id = submit_audio(api, files.url("notes.wav"))
     wait_final(api, task_id)
+    # The record is final a moment before the worker logs so: wait for the line itself.
+    worker.wait_for_line(f"task {task_id} finished: FAILURE", timeout=30)
     # Celery's start-up banner is plain text; every log record is one JSON object.
     text = worker.log_path.read_text().splitlines()
     lines = [json.loads(line) for line in text if line.startswith("{")]
