@@ -163,6 +163,39 @@ def _progress(total: int, show: bool | None, description: str) -> Any:
     return progress
 
 
+def _http_options(
+    base_url: str, api_key: str | None, timeout_s: float, max_connections: int
+) -> dict[str, Any]:
+    """What both clients give httpx: reads may last a whole long-poll."""
+    return {
+        "base_url": base_url,
+        "headers": _headers(api_key),
+        "timeout": httpx.Timeout(timeout_s, read=LONG_POLL_S + timeout_s),
+        "limits": httpx.Limits(max_connections=max_connections),
+    }
+
+
+class _Poll:
+    """The steps of waiting on one task: long-polls of at most 30 s until a deadline."""
+
+    def __init__(self, task_id: str, timeout: float | None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def params(self) -> dict[str, float]:
+        remaining = LONG_POLL_S if self.deadline is None else self.deadline - time.monotonic()
+        return {"wait": max(0.0, min(LONG_POLL_S, remaining))}
+
+    def done(self, task: Task) -> bool:
+        """True when final; TaskTimeout once the deadline has passed without it."""
+        if task.final:
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TaskTimeout(f"task {self.task_id} not final after {self.timeout:g} s")
+        return False
+
+
 class Client:
     """Synchronous client; one pooled, keep-alive connection pool per instance.
 
@@ -182,11 +215,7 @@ class Client:
         self.retries = retries
         self.max_connections = max_connections
         self._http = httpx.Client(
-            base_url=base_url,
-            headers=_headers(api_key),
-            timeout=httpx.Timeout(timeout_s, read=LONG_POLL_S + timeout_s),
-            limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+            transport=transport, **_http_options(base_url, api_key, timeout_s, max_connections)
         )
 
     def __enter__(self) -> Client:
@@ -233,17 +262,13 @@ class Client:
 
     def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """Long-poll until the task is final; ``TaskTimeout`` if ``timeout`` passes first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = _Poll(task_id, timeout)
         while True:
-            remaining = LONG_POLL_S if deadline is None else deadline - time.monotonic()
-            wait_s = max(0.0, min(LONG_POLL_S, remaining))
             task = Task.model_validate(
-                self._request("GET", f"/v1/tasks/{task_id}", params={"wait": wait_s})
+                self._request("GET", f"/v1/tasks/{task_id}", params=poll.params())
             )
-            if task.final:
+            if poll.done(task):
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskTimeout(f"task {task_id} not final after {timeout:g} s")
 
     def cancel(self, task_id: str) -> Task:
         return Task.model_validate(self._request("DELETE", f"/v1/tasks/{task_id}"))
@@ -307,11 +332,7 @@ class AsyncClient:
         self.retries = retries
         self.max_connections = max_connections
         self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=_headers(api_key),
-            timeout=httpx.Timeout(timeout_s, read=LONG_POLL_S + timeout_s),
-            limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+            transport=transport, **_http_options(base_url, api_key, timeout_s, max_connections)
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -356,17 +377,13 @@ class AsyncClient:
         return Task.model_validate(await self._request("GET", f"/v1/tasks/{task_id}"))
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = _Poll(task_id, timeout)
         while True:
-            remaining = LONG_POLL_S if deadline is None else deadline - time.monotonic()
-            wait_s = max(0.0, min(LONG_POLL_S, remaining))
             task = Task.model_validate(
-                await self._request("GET", f"/v1/tasks/{task_id}", params={"wait": wait_s})
+                await self._request("GET", f"/v1/tasks/{task_id}", params=poll.params())
             )
-            if task.final:
+            if poll.done(task):
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TaskTimeout(f"task {task_id} not final after {timeout:g} s")
 
     async def cancel(self, task_id: str) -> Task:
         return Task.model_validate(await self._request("DELETE", f"/v1/tasks/{task_id}"))

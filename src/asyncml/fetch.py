@@ -312,6 +312,13 @@ def origin(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{port}"
 
 
+def _parse_url(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
+
+
 def _redact(url: httpx.URL | str) -> str:
     """The URL without userinfo: error bodies and logs must not carry credentials."""
     try:
@@ -338,6 +345,25 @@ class Fetcher:
     allow_private: bool = False
     resolver: Resolver = resolve_host
 
+    def _client(self, deadline: float, headers: Mapping[str, str] | None = None) -> httpx.Client:
+        """A client whose every connection goes through the guard, under one deadline.
+
+        Redirects are followed by the callers, hop by hop, so each hop is checked; proxies
+        and .netrc from the environment are ignored.
+        """
+        backend = _GuardedBackend(
+            resolver=self.resolver,
+            allow_loopback=self.allow_loopback,
+            allow_private=self.allow_private,
+            deadline=deadline,
+        )
+        return httpx.Client(
+            transport=_GuardedTransport(backend),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"Accept-Encoding": "identity", **(headers or {})},
+        )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Fetcher:
         return cls(
@@ -353,22 +379,8 @@ class Fetcher:
     def download(self, url: str, dest: Path) -> Downloaded:
         """Stream ``url`` into ``dest``; on failure ``dest`` is removed and a FetchError raised."""
         deadline = time.monotonic() + self.total_timeout_s
-        try:
-            current = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
-        backend = _GuardedBackend(
-            resolver=self.resolver,
-            allow_loopback=self.allow_loopback,
-            allow_private=self.allow_private,
-            deadline=deadline,
-        )
-        with httpx.Client(
-            transport=_GuardedTransport(backend),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"Accept-Encoding": "identity"},
-        ) as client:
+        current = _parse_url(url)
+        with self._client(deadline) as client:
             for _hop in range(self.max_redirects + 1):
                 next_url = self._one_hop(client, current, dest, deadline)
                 if isinstance(next_url, Downloaded):
@@ -388,22 +400,8 @@ class Fetcher:
         (an ``httpx.TimeoutException`` or a ``TimeoutError``), so callers can retry it.
         """
         deadline = time.monotonic() + self.total_timeout_s
-        try:
-            current = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
-        backend = _GuardedBackend(
-            resolver=self.resolver,
-            allow_loopback=self.allow_loopback,
-            allow_private=self.allow_private,
-            deadline=deadline,
-        )
-        with httpx.Client(
-            transport=_GuardedTransport(backend),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"Accept-Encoding": "identity", **(headers or {})},
-        ) as client:
+        current = _parse_url(url)
+        with self._client(deadline, headers) as client:
             for _hop in range(self.max_redirects + 1):
                 shown = _redact(current)
                 if current.scheme not in ("http", "https"):
@@ -441,22 +439,11 @@ class Fetcher:
         receiver's answer, not a place to resend a signed notice). Same guard and time
         limits as ``get``; the response body is not read."""
         deadline = time.monotonic() + self.total_timeout_s
-        try:
-            target = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError, ValueError) as exc:
-            raise FetchError(f"invalid URL {_redact(url)}: {exc}") from exc
+        target = _parse_url(url)
         shown = _redact(target)
         if target.scheme not in ("http", "https") or not target.host:
             raise FetchError(f"not an http(s) URL: {shown}")
-        backend = _GuardedBackend(
-            resolver=self.resolver,
-            allow_loopback=self.allow_loopback,
-            allow_private=self.allow_private,
-            deadline=deadline,
-        )
-        with httpx.Client(
-            transport=_GuardedTransport(backend), follow_redirects=False, trust_env=False
-        ) as client:
+        with self._client(deadline) as client:
             request = client.build_request(
                 "POST", target, content=body, headers=dict(headers),
                 timeout=self._timeout(deadline, shown),
