@@ -55,6 +55,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${mis
 
 # Off now and after a reboot, in case a pre-existing policy-rc.d let them start.
 for svc in "${missing[@]}"; do
+    [[ "${svc}" == iproute2 ]] && continue # a tool, not a service
     if [[ -d /run/systemd/system ]]; then
         systemctl disable --now "${svc}.service" || true
     else
