@@ -6,6 +6,7 @@ and the client maps ``type`` back to the class::
 
     AsyncmlError
     ├── InputInvalid          422  the input does not fit the kind's schema or rules
+    ├── UnsupportedMediaType  415  the body is not sent as JSON
     ├── UnknownKind           404  no task kind by that name
     ├── TaskNotFound          404  no task with that id (or not yours)
     ├── TaskConflict          409  the task is in a state that forbids the request
@@ -49,6 +50,13 @@ class InputInvalid(AsyncmlError):
 
     type = "input_invalid"
     status_code = 422
+
+
+class UnsupportedMediaType(AsyncmlError):
+    """The request body is not JSON."""
+
+    type = "unsupported_media_type"
+    status_code = 415
 
 
 class UnknownKind(AsyncmlError):

@@ -97,7 +97,7 @@ def exposition(extra: Iterable[Collector] = ()) -> bytes:
     return payload
 
 
-def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> None:  # scrape target
+def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104  # scraped remotely
     """The worker's exporter: a thread in the main process summing its children's files."""
     from prometheus_client import start_http_server
 

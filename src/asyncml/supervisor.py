@@ -35,7 +35,7 @@ class Child:
     def start(self, env: Mapping[str, str]) -> None:
         if self.before_start is not None:
             self.before_start()
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: S603  # our own argv: python -m asyncml ROLE
             list(self.argv), env=dict(env), start_new_session=True, preexec_fn=_die_with_parent
         )
         log.info("started %s (pid %d)", self.name, self.proc.pid)
@@ -73,8 +73,7 @@ class Supervisor:
         code = 0
         while not self._stop.wait(0.5):  # a periodic check of children, not a sync point
             for child in self.children:
-                assert child.proc is not None
-                if child.proc.poll() is None:
+                if child.proc is None or child.proc.poll() is None:
                     continue
                 now = time.monotonic()
                 child.crashes = [t for t in child.crashes if now - t < _CRASH_WINDOW_S] + [now]

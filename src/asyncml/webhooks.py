@@ -130,7 +130,7 @@ def retry_delay(settings: Settings, attempt: int) -> float:
     base: float = min(
         settings.webhook_retry_base_s * 2 ** (attempt - 1), settings.webhook_retry_max_s
     )
-    return base * (1 + random.uniform(-0.1, 0.1))  # jitter, not security
+    return base * (1 + random.uniform(-0.1, 0.1))  # noqa: S311  # jitter, not security
 
 
 def _without_path(message: str, url: str) -> str:

@@ -48,7 +48,29 @@ def test_non_http_scheme_is_refused_with_422(client: TestClient) -> None:
 
 
 def test_missing_body_returns_422(client: TestClient) -> None:
-    assert client.post("/v1/tasks/audio.length").status_code == 422
+    response = client.post("/v1/tasks/audio.length", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_body_that_is_not_json_returns_415(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    response = client.post("/v1/tasks/audio.length", data={"audio_url": WAV_URL})
+    assert response.status_code == 415
+    assert response.json()["type"] == "unsupported_media_type"
+    assert client.post("/audio/length", content=b"audio_url=x").status_code == 415
+    assert queued_messages() == 0
+
+
+def test_unknown_field_is_refused_with_422_naming_it(client: TestClient) -> None:
+    response = client.post("/v1/tasks/audio.length", json={"audio_url": WAV_URL, "urgent": True})
+    assert response.status_code == 422
+    assert "urgent" in response.json()["message"]
+
+
+def test_classic_route_refuses_unknown_fields_too(client: TestClient) -> None:
+    response = client.post("/audio/length", json={"audio_url": WAV_URL, "audio_uri": WAV_URL})
+    assert response.status_code == 422
 
 
 def test_unknown_kind_returns_404_listing_known_kinds(client: TestClient) -> None:

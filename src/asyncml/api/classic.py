@@ -7,10 +7,10 @@ final, then ``200``, with Celery's status names (PENDING, STARTED, SUCCESS, FAIL
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response, status
+from fastapi import APIRouter, Body, Depends, Response, status
 from pydantic import BaseModel, create_model
 
-from asyncml.api.deps import ServicesDep
+from asyncml.api.deps import ServicesDep, require_json, strict
 from asyncml.errors import TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
@@ -39,10 +39,11 @@ class ClassicTask(BaseModel):
 
 
 def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
-    assert kind.classic is not None
+    if kind.classic is None:
+        raise ValueError(f"{kind.name} declares no classic route")
     body_model: type[BaseModel] = create_model(
         f"Classic{kind.input_model.__name__}",
-        __base__=kind.input_model,
+        __base__=strict(kind.input_model),
         callback=(bool, False),
     )
 
@@ -64,6 +65,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         kind.classic.path,
         submit,
         methods=["POST"],
+        dependencies=[Depends(require_json)],
         status_code=status.HTTP_201_CREATED,
         response_model=ClassicAccepted,
         summary=f"Submit a {kind.name} task (classic route)",

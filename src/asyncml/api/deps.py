@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import Depends, Request
-from pydantic import BaseModel
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel, ConfigDict
 
 from asyncml import metrics
 from asyncml.engine import Engine
-from asyncml.errors import InputInvalid, ServiceUnavailable
+from asyncml.errors import InputInvalid, ServiceUnavailable, UnsupportedMediaType
 from asyncml.fetch import literal_refusal
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
@@ -124,6 +124,22 @@ class Services:
             await self.store.create(record)
             return await self._claim(kind, record, payload, callback, key)
         return original
+
+
+def strict(model: type[BaseModel]) -> type[BaseModel]:
+    """The same input, refusing what it does not name (a typo is a 422, not ignored) and
+    NaN or infinities. The worker parses with the kind's own model, unchanged."""
+    config = ConfigDict(**{**model.model_config, "extra": "forbid", "allow_inf_nan": False})
+    return type(f"Strict{model.__name__}", (model,), {"model_config": config})
+
+
+async def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
+    """415 for a body that says it is not JSON (or says nothing), before reading it."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"send the body as JSON with Content-Type: application/json (got {media or 'none'})"
+        )
 
 
 def get_services(request: Request) -> Services:

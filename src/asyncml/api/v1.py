@@ -8,10 +8,10 @@ import logging
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from pydantic import BaseModel, Field, HttpUrl, create_model
 
-from asyncml.api.deps import ServicesDep
+from asyncml.api.deps import ServicesDep, require_json, strict
 from asyncml.errors import ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
@@ -56,7 +56,7 @@ def _request_model(kind: TaskKind[Any, Any]) -> type[BaseModel]:
         raise ValueError(f"{kind.name}: input fields {sorted(clash)} are reserved")
     model: type[BaseModel] = create_model(
         f"{kind.input_model.__name__}Request",
-        __base__=kind.input_model,
+        __base__=strict(kind.input_model),
         callback_url=(
             HttpUrl | None,
             Field(None, description="POST a signed notice here (Standard Webhooks)."),
@@ -105,6 +105,7 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         f"/tasks/{kind.name}",
         submit,
         methods=["POST"],
+        dependencies=[Depends(require_json)],
         status_code=status.HTTP_202_ACCEPTED,
         response_model=TaskRecord,
         summary=f"Submit a {kind.name} task",
@@ -114,6 +115,7 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         openapi_extra={"x-asyncml-output": kind.output_model.model_json_schema()},
         responses={
             200: {"description": "Replay of an Idempotency-Key: the original task."},
+            415: {"description": "The body is not sent as JSON."},
             422: {"description": "The input does not fit the kind's schema; nothing queued."},
             503: {"description": "The broker or result store is down; nothing queued."},
         },

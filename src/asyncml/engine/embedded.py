@@ -42,7 +42,8 @@ class SqliteChannel(SqlAlchemyChannel):
         # Transport options are ignored on purpose: the stock channel passes them all
         # to create_engine, polling_interval included, which SQLAlchemy refuses.
         client = self.connection.client
-        assert client is not None
+        if client is None:
+            raise RuntimeError("the embedded channel has no connection")
         engine = create_engine(str(client.hostname), connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")

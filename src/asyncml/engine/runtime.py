@@ -63,6 +63,14 @@ class WorkerRuntime:
         return self._store
 
     @property
+    def context(self) -> TaskContext:
+        """The task context of this process (made with the store, after fork)."""
+        self.store  # noqa: B018  # opens the per-process store and context if not yet
+        if self._ctx is None:
+            raise RuntimeError("the worker runtime has no task context")
+        return self._ctx
+
+    @property
     def webhook_fetcher(self) -> Fetcher:
         """The guarded fetcher with webhook limits: no redirects (a 3xx is a failure)."""
         if self._webhook_fetcher is None:
@@ -209,12 +217,12 @@ class WorkerRuntime:
                 )
             self._announce(task_id, "started")
         began = time.perf_counter()
-        assert self._ctx is not None
-        self._ctx.task_id = task_id
+        ctx = self.context
+        ctx.task_id = task_id
         result: dict[str, Any] | None = None
         error: ErrorBody | None = None
         try:
-            result = kind.run(payload, self._ctx)
+            result = kind.run(payload, ctx)
         except SoftTimeLimitExceeded:
             error = ErrorBody(
                 type=TaskTimeout.type,

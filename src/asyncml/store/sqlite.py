@@ -121,7 +121,7 @@ class SqliteTaskStore:
 
     def get(self, task_id: str) -> TaskRecord | None:
         row = self._execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            f"SELECT {_COLUMNS} FROM tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",  # noqa: S608  # a constant column list
             (task_id, time.time()),
         ).fetchone()
         return None if row is None else _row_to_record(row)
