@@ -290,3 +290,8 @@ def test_without_idempotency_key_each_submit_is_a_new_task(client: TestClient) -
         for _ in range(2)
     }
     assert len(ids) == 2
+
+
+def test_classic_callback_must_be_a_boolean(client: TestClient) -> None:
+    response = client.post("/audio/length", json={"audio_url": WAV_URL, "callback": 0})
+    assert response.status_code == 422

@@ -8,9 +8,9 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Response, status
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, StrictBool, create_model
 
-from asyncml.api.deps import ServicesDep, require_json, strict
+from asyncml.api.deps import ERROR_RESPONSES, ServicesDep, require_json, strict
 from asyncml.errors import TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
@@ -44,7 +44,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
     body_model: type[BaseModel] = create_model(
         f"Classic{kind.input_model.__name__}",
         __base__=strict(kind.input_model),
-        callback=(bool, False),
+        callback=(StrictBool, False),
     )
 
     async def submit(
@@ -75,7 +75,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
 
 
 def build_router(registry: Registry) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=ERROR_RESPONSES)
     for kind in registry:
         if kind.classic is not None:
             _classic_route(router, kind)

@@ -126,6 +126,28 @@ class Services:
         return original
 
 
+class ErrorResponse(BaseModel):
+    """Every error body: a stable type and a readable message (422s add ``errors``)."""
+
+    type: str
+    message: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# What any route may answer besides its own success; documented so clients (and the
+# schema-driven fuzz test) know every status they can get.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("The request is malformed (e.g. a body that is not UTF-8)."),
+    404: _error("No such task (or route); unknown and not-yours look the same."),
+    413: _error("The body is larger than ASYNCML_API_MAX_BODY_BYTES."),
+    415: _error("The body is not sent as JSON."),
+    503: _error("The broker or the result store is unavailable; retry after a while."),
+}
+
+
 def strict(model: type[BaseModel]) -> type[BaseModel]:
     """The same input, refusing what it does not name (a typo is a 422, not ignored) and
     NaN or infinities. The worker parses with the kind's own model, unchanged."""

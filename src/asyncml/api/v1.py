@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from pydantic import BaseModel, Field, HttpUrl, create_model
 
-from asyncml.api.deps import ServicesDep, require_json, strict
+from asyncml.api.deps import ERROR_RESPONSES, ServicesDep, require_json, strict
 from asyncml.errors import ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
@@ -123,7 +123,7 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
 
 
 def build_router(registry: Registry) -> APIRouter:
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
     for kind in registry:
         _submit_route(router, kind)
 
