@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +176,22 @@ def test_redelivery_after_one_worker_death_runs_the_task(
     assert calls == [4]
     record = store.get(task_id)
     assert record is not None and record.status is TaskStatus.SUCCESS
+
+
+def test_download_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    from asyncml.tasks.audio import SCRATCH_PREFIX, remove_orphaned_scratch
+
+    mine = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-abc"
+    gone = tmp_path / f"{SCRATCH_PREFIX}{_exited_pid()}-def"
+    for folder in (mine, gone):
+        folder.mkdir()
+        (folder / "audio").write_bytes(b"x")
+    assert remove_orphaned_scratch(tmp_path) == 1
+    assert mine.exists()
+    assert not gone.exists()
+
+
+def _exited_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

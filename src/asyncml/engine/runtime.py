@@ -57,6 +57,9 @@ class WorkerRuntime:
     @property
     def store(self) -> TaskStore:
         if self._store is None or self._pid != os.getpid():
+            from asyncml.tasks.audio import remove_orphaned_scratch
+
+            remove_orphaned_scratch()  # left by a worker process that was killed mid-task
             self._store = open_store(self.settings)
             self._ctx = TaskContext(self.settings, store=self._store)
             self._pid = os.getpid()

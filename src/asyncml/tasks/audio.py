@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field, HttpUrl
 
 from asyncml.kinds import Classic, Limits, TaskContext, task_kind
+
+# Each download lives in a folder named for the worker process that made it, so the folders
+# of a process that was killed mid-task can be told apart and removed.
+SCRATCH_PREFIX = "asyncml-audio-"
+
+
+def remove_orphaned_scratch(root: Path | None = None) -> int:
+    """Delete download folders whose process is gone; how many were removed."""
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid_text = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class AudioLengthIn(BaseModel):
@@ -37,7 +65,7 @@ def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
     """
     from asyncml.tasks._probe import probe_audio  # soundfile loads only in workers
 
-    with tempfile.TemporaryDirectory(prefix="asyncml-audio-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
         downloaded = ctx.fetcher.download(str(inp.audio_url), Path(tmp) / "audio")
         info = probe_audio(downloaded.path)
     return AudioLengthOut(
