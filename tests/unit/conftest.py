@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from euro_pages import EuroSource
 from fastapi.testclient import TestClient
 
 from asyncml.api import create_app
@@ -49,3 +50,10 @@ def queued_messages(settings: Settings) -> Callable[[], int]:
             conn.close()
 
     return count
+
+
+@pytest.fixture
+def source() -> Iterator[EuroSource]:
+    """A EuroMillions results site on loopback, scripted by the test."""
+    with EuroSource().running() as src:
+        yield src

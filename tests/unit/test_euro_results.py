@@ -6,7 +6,7 @@ runtime around it) in this process against the embedded SQLite store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
@@ -26,12 +26,6 @@ from asyncml.tasks.euro import TIME_LIMIT_S, EuroResultsIn, euro_results
 
 DATE = "10-05-2024"  # a Friday
 ISO = "2024-05-10"
-
-
-@pytest.fixture
-def source() -> Iterator[EuroSource]:
-    with EuroSource().running() as src:
-        yield src
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -41,12 +40,6 @@ class NoWait:
     def reserve_slot(self, key: str, interval_s: float) -> float:
         self.booked.append((key, interval_s))
         return 0.0
-
-
-@pytest.fixture
-def source() -> Iterator[EuroSource]:
-    with EuroSource().running() as src:
-        yield src
 
 
 @pytest.fixture
