@@ -131,7 +131,7 @@ class FetchError(AsyncmlError):
 class FetchBlocked(FetchError):
     """The URL resolves to an address we refuse to reach (SSRF guard)."""
 
-    type = "fetch_blocked"
+    type = "blocked_destination"
     status_code = 403
 
 

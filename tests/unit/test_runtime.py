@@ -73,7 +73,7 @@ def test_typed_error_is_recorded_with_its_type(
     record = store.get("t1")
     assert record is not None and record.error is not None
     assert record.status is TaskStatus.FAILURE
-    assert (record.error.type, record.error.message) == ("fetch_blocked", "refusing 10.0.0.1")
+    assert (record.error.type, record.error.message) == ("blocked_destination", "refusing 10.0.0.1")
 
 
 def test_unexpected_exception_is_recorded_readably(
