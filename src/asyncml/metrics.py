@@ -48,6 +48,12 @@ TASK_RUN = Histogram(
     ["kind"],
     buckets=_TASK_BUCKETS,
 )
+TASKS_DEAD_LETTERED = Counter(
+    "asyncml_tasks_dead_lettered_total",
+    "Tasks whose worker died on every attempt, ended as worker_lost and copied to the "
+    "dead-letter queue, by kind.",
+    ["kind"],
+)
 TASK_QUEUE_WAIT = Histogram(
     "asyncml_task_queue_wait_seconds",
     "Time from submission to a worker starting the task, measured by the worker.",

@@ -7,6 +7,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,13 @@ from asyncml.store import (
     AsyncTaskStore,
     Callback,
     Delivery,
+    ErrorBody,
     TaskRecord,
     TaskStatus,
     TaskStore,
     utcnow,
 )
+from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.redis import AsyncRedisTaskStore, RedisTaskStore
 from asyncml.store.sqlite import AsyncSqliteTaskStore, SqliteTaskStore
 
@@ -240,3 +243,75 @@ def test_idempotency_key_is_bound_once(stores: tuple[TaskStore, AsyncTaskStore])
         return outcomes
 
     assert asyncio.run(scenario()) == [None, ("task-1", "print-a"), None]
+
+
+# --- dead-letter queue ---------------------------------------------------------------
+
+
+def dead_letter(task_id: str | None = None, *, ago_s: float = 0) -> DeadLetter:
+    return DeadLetter(
+        task_id=task_id or str(uuid.uuid4()),
+        kind="audio.length",
+        payload={"audio_url": "http://127.0.0.1:9/a.wav"},
+        attempts=3,
+        error=ErrorBody(type="worker_lost", message="its worker died each time", attempts=3),
+        dead_at=utcnow() - timedelta(seconds=ago_s),
+        callback=Callback(url="http://127.0.0.1:9/hook", events=["completed"]),
+        owner="key-1",
+    )
+
+
+def test_dead_letter_reads_back_whole(store: TaskStore) -> None:
+    entry = dead_letter()
+    store.dead_letter_add(entry)
+    assert store.dead_letter_get(entry.task_id) == entry
+    assert store.dead_letter_get("no-such-id") is None
+
+
+def test_dead_letters_list_oldest_first_and_reading_consumes_nothing(store: TaskStore) -> None:
+    older, newer = dead_letter(ago_s=30), dead_letter(ago_s=20)
+    store.dead_letter_add(newer)
+    store.dead_letter_add(older)
+    mine = {older.task_id, newer.task_id}
+    for _ in range(2):
+        listed = [e.task_id for e in store.dead_letter_list(1000) if e.task_id in mine]
+        assert listed == [older.task_id, newer.task_id]
+
+
+def _race_removes(store: TaskStore, task_id: str) -> list[bool]:
+    barrier = threading.Barrier(2)
+    removed: list[bool] = []
+
+    def remove() -> None:
+        barrier.wait()
+        removed.append(store.dead_letter_remove(task_id))
+
+    threads = [threading.Thread(target=remove) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return removed
+
+
+def test_dead_letter_is_removed_by_exactly_one_of_two_racing_callers(store: TaskStore) -> None:
+    for _ in range(10):
+        entry = dead_letter()
+        store.dead_letter_add(entry)
+        assert sorted(_race_removes(store, entry.task_id)) == [False, True]
+        assert store.dead_letter_get(entry.task_id) is None
+
+
+def test_dead_letter_older_than_its_ttl_is_gone(store: TaskStore) -> None:
+    stale = dead_letter(ago_s=DEAD_LETTER_TTL_S + 60)
+    store.dead_letter_add(stale)
+    assert store.dead_letter_get(stale.task_id) is None
+    assert all(e.task_id != stale.task_id for e in store.dead_letter_list(1000))
+
+
+def test_dead_letter_purge_empties_the_queue(store: TaskStore) -> None:
+    store.dead_letter_add(dead_letter())
+    store.dead_letter_add(dead_letter())
+    assert store.dead_letter_purge() >= 2
+    assert store.dead_letter_count() == 0
+    assert store.dead_letter_list() == []

@@ -31,6 +31,7 @@ from asyncml.kinds import TaskContext, TaskKind
 from asyncml.logging import task_context
 from asyncml.settings import Settings
 from asyncml.store import Delivery, ErrorBody, TaskStatus, TaskStore, open_store, utcnow
+from asyncml.store.dead_letters import DeadLetter
 from asyncml.store.records import Event
 from asyncml.webhooks import notice
 
@@ -172,6 +173,47 @@ class WorkerRuntime:
         finally:
             store.close()
 
+    def _give_up(
+        self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any], *, attempts: int
+    ) -> None:
+        """A poison task: ``attempts`` runs each killed their worker. End it, keep it.
+
+        The FAILURE is stored first (that is what ends the loop), then the task is copied
+        to the dead-letter queue with its input, for ``asyncml dlq retry``. A copy that
+        cannot be written is logged as an error (without the input: it may hold a URL's
+        password), never retried by giving the message back: the task is final already.
+        """
+        log.error("%s task %s: its worker died on %d attempts", kind.name, task_id, attempts)
+        error = ErrorBody(
+            type="worker_lost",
+            message=f"{kind.name} was started {attempts} times and its worker "
+            "process died each time (crash, out of memory or kill); not retried",
+            attempts=attempts,
+        )
+        self._finish(kind, task_id, error=error)
+        metrics.TASKS_FINISHED.labels(kind.name, TaskStatus.FAILURE.value).inc()
+        try:
+            record = self.store.get(task_id)
+            entry = DeadLetter(
+                task_id=task_id,
+                kind=kind.name,
+                payload=payload,
+                attempts=attempts,
+                error=error,
+                dead_at=utcnow(),
+                callback=None if record is None else record.callback,
+                owner=getattr(record, "owner", None) or None,
+            )
+            self._retrying(within_s=0.8 * kind.limits.grace_s)(self.store.dead_letter_add, entry)
+            metrics.TASKS_DEAD_LETTERED.labels(kind.name).inc()
+        except Exception:
+            log.exception(
+                "%s task %s ended as worker_lost but is NOT in the dead-letter queue",
+                kind.name,
+                task_id,
+            )
+        self._announce(task_id, "completed")
+
     def execute(
         self,
         kind: TaskKind[Any, Any],
@@ -201,17 +243,7 @@ class WorkerRuntime:
             self._announce_if_owed(task_id)
             return
         if attempt > kind.limits.max_attempts:
-            log.error("%s task %s: attempt %d, giving up", kind.name, task_id, attempt)
-            self._finish(
-                kind,
-                task_id,
-                error=ErrorBody(
-                    type="worker_lost",
-                    message=f"{kind.name} was started {attempt - 1} times and its worker "
-                    "process died each time (crash, out of memory or kill); not retried",
-                ),
-            )
-            self._announce(task_id, "completed")
+            self._give_up(kind, task_id, payload, attempts=attempt - 1)
             return
         if attempt == 1:
             if submitted_at is not None:
