@@ -68,6 +68,10 @@ class Task(TaskRecord):
         registry = default_registry()
         if self.kind in registry:
             return registry.get(self.kind).output_model.model_validate(self.result)
+        if self.kind.startswith("model."):  # served from a model folder: one shared shape
+            from asyncml.models.kinds import PredictionOut
+
+            return PredictionOut.model_validate(self.result)
         return self.result
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncml.errors import UnknownKind
 from asyncml.kinds import TaskKind
+
+if TYPE_CHECKING:
+    from asyncml.settings import Settings
 
 AnyKind = TaskKind[Any, Any]
 
@@ -53,3 +56,17 @@ def default_registry() -> Registry:
     from asyncml.tasks import BUILTIN_KINDS
 
     return Registry(BUILTIN_KINDS)
+
+
+def build_registry(settings: Settings) -> Registry:
+    """The built-in kinds plus a ``model.<name>`` kind per servable model folder.
+
+    Model folders come from ``ASYNCML_MODELS_DIR`` and, unless turned off, the bundled
+    examples; a folder that cannot be served is logged and skipped.
+    """
+    from asyncml.models import model_kinds
+
+    registry = default_registry()
+    for kind in model_kinds(settings):
+        registry.add(kind)
+    return registry

@@ -166,6 +166,28 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         default=10.0, gt=0, description="Time one webhook delivery attempt may take."
     )
+    # --- model serving (asyncml.models) --------------------------------------------------
+    models_dir: Path | None = Field(
+        default=None,
+        description="Folder of model sub-folders (model.toml + artifact), each served as "
+        "model.<name>. Unset: models/ under data_dir.",
+    )
+    models_bundled: bool = Field(
+        default=True, description="Also serve the example models shipped in the package."
+    )
+    models_preload: bool = Field(
+        default=False,
+        description="Load a worker's models when each worker process starts, not at its "
+        "first task.",
+    )
+    models_trust_pickle_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose pickle/joblib artifacts may be loaded (a JSON list). "
+        "Unpickling runs any code the file holds: list only folders you control.",
+    )
+    models_intra_op_threads: int = Field(
+        default=1, ge=1, le=64, description="Threads one ONNX Runtime session may use."
+    )
     worker_metrics_port: int = Field(
         default=0,
         ge=0,
@@ -229,6 +251,9 @@ class Settings(BaseSettings):
 
             return broker_url(self.data_dir)
         return self.broker_url.get_secret_value()
+
+    def models_path(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     def store_path(self) -> Path:
         return (self.data_dir / "tasks.sqlite3").resolve()

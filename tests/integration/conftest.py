@@ -158,7 +158,7 @@ def worker_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[Serv
     env, _, workdir = stack_env
     process = ServiceProcess(
         "worker",
-        ["worker", "--queues", "audio,euro,webhooks", "--concurrency", "1"],
+        ["worker", "--queues", "audio,euro,models,webhooks", "--concurrency", "1"],
         env=env,
         workdir=workdir,
     ).start()

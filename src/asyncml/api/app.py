@@ -20,7 +20,7 @@ from asyncml.api.deps import Services, ServicesDep
 from asyncml.api.observe import RequestMetrics
 from asyncml.engine import Engine
 from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable, describe_errors
-from asyncml.registry import Registry, default_registry
+from asyncml.registry import Registry, build_registry
 from asyncml.settings import Settings
 from asyncml.store import open_async_store
 
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
-    """Settings come from the caller (the edge); the registry defaults to the built-ins."""
-    registry = registry or default_registry()
+    """Settings come from the caller (the edge); the registry defaults to the built-ins
+    plus the models the settings point at."""
+    registry = registry or build_registry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

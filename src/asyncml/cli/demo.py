@@ -44,6 +44,12 @@ from asyncml.errors import AsyncmlError, ServiceUnavailable
 
 Job = tuple[str, dict[str, Any]]  # (kind, inputs)
 
+# Two flowers for the bundled iris model (served by ``asyncml up`` out of the box).
+IRIS_SAMPLES: list[dict[str, Any]] = [
+    {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
+    {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3},
+]
+
 
 def recent_draw_dates(today: date, days: int = 14) -> list[date]:
     """Tuesdays and Fridays of the last ``days`` days, today excluded (its draw may be
@@ -170,6 +176,8 @@ def _describe(outcome: Task | AsyncmlError) -> tuple[str, str, str]:
         text = f"{result['audio_length']:.2f} s ({result.get('format', '?')})"
     elif isinstance(result, dict) and "numbers" in result:
         text = f"{result['numbers']} stars {result.get('stars')}"
+    elif isinstance(result, dict) and "predictions" in result:
+        text = f"{result['model']} {result['version']}: {result['predictions']}"
     else:
         text = str(result)
     return outcome.id, outcome.status.value, text
@@ -193,6 +201,9 @@ def demo(
     ] = False,
     samples_port: Annotated[int, typer.Option(help="Port of --serve-samples.")] = 8799,
     no_euro: Annotated[bool, typer.Option("--no-euro", help="Submit audio only.")] = False,
+    no_models: Annotated[
+        bool, typer.Option("--no-models", help="Skip the iris example predictions.")
+    ] = False,
     concurrency: Annotated[int, typer.Option(help="Tasks in flight at once.")] = 16,
     url: UrlOpt = DEFAULT_URL,
     api_key: ApiKeyOpt = None,
@@ -215,6 +226,8 @@ def demo(
     def run(all_audio: list[str]) -> None:
         jobs: list[Job] = [("audio.length", {"audio_url": u}) for u in all_audio]
         jobs += [("euro.results", {"draw_date": d}) for d in dates]
+        if jobs and not no_models:
+            jobs += [("model.iris", row) for row in IRIS_SAMPLES]
         if not jobs:
             err_console.print(
                 "nothing to submit: give --audio-url, --date, --file or --serve-samples"

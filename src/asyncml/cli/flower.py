@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from asyncml.cli._common import EXIT_USAGE, app, console, err_console, load_settings
-from asyncml.registry import default_registry
+from asyncml.registry import build_registry
 from asyncml.settings import Settings, redact_url
 
 
@@ -122,5 +122,5 @@ def flower(
         f"{redact_url(settings.broker_url_value())}",
         highlight=False,
     )
-    celery = make_celery(settings, default_registry())
+    celery = make_celery(settings, build_registry(settings))
     raise typer.Exit(celery.start(argv) or 0)

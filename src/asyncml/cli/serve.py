@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from asyncml.cli._common import EXIT_USAGE, app, console, err_console, load_settings
-from asyncml.registry import default_registry
+from asyncml.registry import build_registry
 from asyncml.settings import Settings, redact_url
 
 
@@ -55,7 +55,7 @@ def worker(
 
     settings = load_settings()
     configure_logging(settings, "worker")
-    registry = default_registry()
+    registry = build_registry(settings)
     known = all_queues(registry)
     chosen = [q.strip() for q in (queues or ",".join(known)).split(",") if q.strip()]
     unknown = sorted(set(chosen) - set(known))
@@ -64,6 +64,10 @@ def worker(
         raise typer.Exit(EXIT_USAGE)
     n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
     celery = make_celery(settings, registry)
+    if settings.models_preload:
+        from asyncml.models import preload_in_worker_processes
+
+        preload_in_worker_processes(registry, chosen)
     argv = [
         "worker",
         "--queues",

@@ -1,0 +1,122 @@
+"""A model folder as a ``model.<name>`` task kind: the same declaration as every other kind.
+
+The kind's function holds the model's spec, not the model: the model is loaded in the
+worker process that runs the task (once, then cached), never in the API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from asyncml.kinds import Limits, TaskContext, TaskKind
+from asyncml.models.errors import ModelError, ModelUnavailable
+from asyncml.models.inputs import input_model, rows
+from asyncml.models.loaders import CACHE, ModelSpec, Predictor
+
+log = logging.getLogger(__name__)
+
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+
+
+class PredictionOut(BaseModel):
+    """What every model kind returns; ``version`` traces the result to the artifact."""
+
+    model: str = Field(description="The model's name (the kind is model.<name>).")
+    version: str = Field(description="The version of the model that made these predictions.")
+    predictions: list[Scalar | list[Scalar]] = Field(description="One prediction per row.")
+    probabilities: list[list[float]] | None = Field(
+        default=None,
+        description="Per row, one probability per class (the manifest's outputs.classes "
+        "order); null when the model gives none.",
+    )
+    batch_size: int = Field(description="Rows predicted in the call that produced this.")
+
+
+class Predict:
+    """The kind's function: rows in, predictions out, with the model of this process."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, inp: BaseModel, ctx: TaskContext) -> PredictionOut:
+        model = load(self.spec)
+        table = rows(self.spec.manifest, inp)
+        out = model.predict(table)
+        return PredictionOut(
+            model=self.spec.manifest.name,
+            version=self.spec.manifest.version,
+            predictions=out.predictions,
+            probabilities=out.probabilities,
+            batch_size=len(table),
+        )
+
+
+def load(spec: ModelSpec) -> Predictor:
+    """The cached model; a model that will not load here fails the task as data."""
+    try:
+        return CACHE.get(spec)
+    except ModelError as exc:
+        log.error("model %s %s cannot be loaded: %s", spec.manifest.name, spec.key, exc.message)
+        raise ModelUnavailable(
+            f"model {spec.manifest.name} {spec.manifest.version} cannot be loaded by this "
+            f"worker: {exc.message}"
+        ) from exc
+
+
+def _description(spec: ModelSpec) -> str:
+    manifest = spec.manifest
+    features = ", ".join(f"{f.name} ({f.type})" for f in manifest.features)
+    text = manifest.description or f"Predictions of the {manifest.name} model."
+    classes = manifest.outputs.classes
+    extra = f" Classes: {', '.join(map(str, classes))}." if classes else ""
+    return (
+        f"{text} Version {manifest.version} ({manifest.format}). Features: {features}; "
+        f"one row as fields or up to {manifest.max_rows} in instances.{extra}"
+    )
+
+
+def model_kind(spec: ModelSpec) -> TaskKind[BaseModel, PredictionOut]:
+    """Declare ``model.<name>``: input generated from the manifest, the shared output."""
+    return TaskKind(
+        name=spec.manifest.kind_name,
+        queue=spec.manifest.queue,
+        input_model=input_model(spec.manifest),
+        output_model=PredictionOut,
+        func=Predict(spec),
+        limits=Limits(timeout_s=spec.manifest.timeout_s),
+        description=_description(spec),
+    )
+
+
+def served_specs(kinds: Iterable[TaskKind[Any, Any]]) -> list[ModelSpec]:
+    """The model specs behind the model kinds among ``kinds``."""
+    return [k.func.spec for k in kinds if isinstance(k.func, Predict)]
+
+
+def preload(kinds: Iterable[TaskKind[Any, Any]], queues: Iterable[str]) -> None:
+    """Load the models of the kinds on ``queues`` now; one that fails is logged, and its
+    tasks then fail as ``model_unavailable`` rather than stopping the worker."""
+    wanted = set(queues)
+    for kind in kinds:
+        if isinstance(kind.func, Predict) and kind.queue in wanted:
+            try:
+                load(kind.func.spec)
+            except ModelUnavailable:
+                pass  # logged by load()
+
+
+def preload_in_worker_processes(kinds: Iterable[TaskKind[Any, Any]], queues: Iterable[str]) -> None:
+    """Load the models when each Celery worker process starts, after the fork."""
+    from celery.signals import worker_process_init
+
+    chosen = list(kinds)
+    wanted = list(queues)
+
+    def on_start(**_: object) -> None:
+        preload(chosen, wanted)
+
+    worker_process_init.connect(on_start, weak=False)
