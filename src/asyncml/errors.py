@@ -7,6 +7,7 @@ and the client maps ``type`` back to the class::
     AsyncmlError
     ├── InputInvalid          422  the input does not fit the kind's schema or rules
     ├── UnsupportedMediaType  415  the body is not sent as JSON
+    ├── Unauthorized          401  no API key, or one that is unknown or revoked
     ├── UnknownKind           404  no task kind by that name
     ├── TaskNotFound          404  no task with that id (or not yours)
     ├── TaskConflict          409  the task is in a state that forbids the request
@@ -16,6 +17,7 @@ and the client maps ``type`` back to the class::
     ├── TaskTimeout           504  the task ran past its time limit
     ├── FetchError            502  an outbound download failed
     │   ├── FetchBlocked      403  the URL points at an address we refuse to reach
+    │   │                          (type ``blocked_destination``)
     │   └── FetchTooLarge     413  the body is larger than the configured cap
     ├── AudioError            422  the bytes are not audio we can measure
     │   ├── AudioNotAudio     422  not an audio file at all
@@ -27,6 +29,7 @@ and the client maps ``type`` back to the class::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -44,6 +47,10 @@ class AsyncmlError(Exception):
     def to_body(self) -> dict[str, Any]:
         return {"type": self.type, "message": self.message}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's response."""
+        return {}
+
 
 class InputInvalid(AsyncmlError):
     """The input does not fit the kind's schema or its rules."""
@@ -57,6 +64,16 @@ class UnsupportedMediaType(AsyncmlError):
 
     type = "unsupported_media_type"
     status_code = 415
+
+
+class Unauthorized(AsyncmlError):
+    """No API key, or one that is not valid; never says which."""
+
+    type = "unauthorized"
+    status_code = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="asyncml"'}
 
 
 class UnknownKind(AsyncmlError):
@@ -81,10 +98,17 @@ class TaskConflict(AsyncmlError):
 
 
 class ServiceUnavailable(AsyncmlError):
-    """The broker or the result store cannot be reached."""
+    """The broker or the result store cannot be reached, or a queue is full."""
 
     type = "service_unavailable"
     status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": f"{math.ceil(self.retry_after_s)}"}
 
 
 class RateLimited(AsyncmlError):
@@ -93,9 +117,22 @@ class RateLimited(AsyncmlError):
     type = "rate_limited"
     status_code = 429
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.extra_headers = dict(extra_headers or {})
+
+    def headers(self) -> dict[str, str]:
+        headers = dict(self.extra_headers)
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = f"{max(1, math.ceil(self.retry_after_s))}"
+        return headers
 
 
 class TaskFailed(AsyncmlError):

@@ -15,6 +15,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 HOURS = 3600
 
 
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; any other host (0.0.0.0, a name, an address) is not."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def redact_url(url: str) -> str:
     """Drop the password from a URL so it can be logged or shown in an error body."""
     parts = urlsplit(url)
@@ -56,6 +68,48 @@ class Settings(BaseSettings):
     )
     result_ttl_s: int = Field(
         default=48 * HOURS, gt=0, description="Seconds a finished task's record is kept."
+    )
+    # --- API keys, limits and back-pressure -------------------------------------------
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="API keys: on, off, or auto (required unless the API listens on loopback).",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of provisioned keys, one `name sha256-hex [rate] [max_unfinished]` "
+        "a line (asyncml keys hash makes the line); used with the keys in the store.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="If set, /metrics asks for Authorization: Bearer <token>."
+    )
+    rate_limit: str = Field(
+        default="50/second",
+        description="Requests allowed per API key, in the `limits` notation (e.g. 50/second, "
+        "1000/minute); a key's own rate overrides it; empty: no limit.",
+    )
+    max_unfinished_per_key: int = Field(
+        default=1000,
+        ge=0,
+        description="Queued or running tasks one API key may have (429 above); 0: no cap.",
+    )
+    max_queue_depth: int = Field(
+        default=10_000,
+        ge=0,
+        description="Messages a queue may hold before submissions to it get 503; 0: no cap.",
+    )
+    max_batch_size: int = Field(
+        default=1000, ge=1, le=10_000, description="Inputs one batch submission may carry."
+    )
+    api_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a client has to send a request's headers (slow clients are cut).",
+    )
+    api_keepalive_timeout_s: float = Field(
+        default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    api_max_connections: int = Field(
+        default=1000, ge=1, description="Concurrent connections per API process (503 above)."
     )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
@@ -207,6 +261,18 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_notation(cls, value: str) -> str:
+        if value:
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate in the limits notation: {value!r}") from exc
+        return value
+
     @field_validator("result_backend_url")
     @classmethod
     def _redis_only(cls, value: SecretStr | None) -> SecretStr | None:
@@ -236,6 +302,13 @@ class Settings(BaseSettings):
         if self.default_callback_url is not None and self.webhook_secret is None:
             raise ValueError("ASYNCML_DEFAULT_CALLBACK_URL needs ASYNCML_WEBHOOK_SECRET")
         return self
+
+    @property
+    def auth_required(self) -> bool:
+        """Keys are asked for unless turned off, or auto and the API listens on loopback."""
+        if self.auth != "auto":
+            return self.auth == "on"
+        return not is_loopback_host(self.api_host)
 
     @property
     def embedded_broker(self) -> bool:

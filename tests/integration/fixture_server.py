@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 
 class FixtureServer:
@@ -30,6 +31,12 @@ class FixtureServer:
                 with server._lock:
                     server.requests.append(self.path)
                 name = self.path.lstrip("/")
+                if name.startswith("redirect?to="):  # an open redirect, as attackers use
+                    self.send_response(302)
+                    self.send_header("Location", unquote(name.removeprefix("redirect?to=")))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if name.startswith("gate/"):
                     server.gate_reached.set()
                     if not server.gate_open.wait(timeout=120):

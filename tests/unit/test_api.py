@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from asyncml.store import ErrorBody, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
 
-WAV_URL = "http://127.0.0.1:9/a.wav"
+WAV_URL = "http://audio.example/a.wav"  # a name, judged by the worker; never fetched here
 
 
 def test_submit_returns_202_with_id_and_location(client: TestClient) -> None:

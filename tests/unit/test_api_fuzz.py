@@ -18,10 +18,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from asyncml.api import create_app
+from asyncml.auth import key_file_line, make_key
 from asyncml.settings import Settings
 
+# Keys on, as on a public deployment: the fuzzer calls as one provisioned key.
 _DATA = Path(tempfile.mkdtemp(prefix="asyncml-fuzz-"))
-app = create_app(Settings(_env_file=None, data_dir=_DATA))
+_KEY, _RECORD = make_key("fuzzer", rate="100000/second")
+(_DATA / "keys").write_text(key_file_line(_RECORD) + "\n")
+app = create_app(Settings(_env_file=None, data_dir=_DATA, auth="on", api_keys_file=_DATA / "keys"))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
@@ -29,8 +33,9 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_never_answers_5xx_and_keeps_to_its_schema(case: schemathesis.Case) -> None:  # type: ignore[type-arg]  # generic in the stubs only
     case.call_and_validate(
+        headers={"Authorization": f"Bearer {_KEY}"},
         excluded_checks=[
             schemathesis.checks.positive_data_acceptance,
             schemathesis.checks.allow_header_conformance,
-        ]
+        ],
     )

@@ -25,7 +25,7 @@ from asyncml.store import ErrorBody, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
 from asyncml.tasks.audio import AudioLengthOut
 
-WAV_URL = "http://127.0.0.1:9/a.wav"
+WAV_URL = "http://audio.example/a.wav"  # a name, judged by the worker; never fetched here
 AUDIO_RESULT = {
     "audio_length": 30.0,
     "sample_rate": 16000,
@@ -204,7 +204,7 @@ async def test_map_yields_every_task_once_finished(
 
     async with make_client() as client:
         worker = asyncio.ensure_future(finish_all_submitted())
-        inputs = [{"audio_url": f"http://127.0.0.1:9/{i}.wav"} for i in range(5)]
+        inputs = [{"audio_url": f"http://audio.example/{i}.wav"} for i in range(5)]
         tasks: list[Task] = [t async for t in client.map("audio.length", inputs, concurrency=2)]
         await asyncio.wait_for(worker, 10)
     assert len({t.id for t in tasks}) == 5

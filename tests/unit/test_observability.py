@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from asyncml.logging import configure_logging, task_context
 from asyncml.settings import Settings
 
-WAV_URL = "http://127.0.0.1:9/a.wav"
+WAV_URL = "http://audio.example/a.wav"  # a name, judged by the worker; never fetched here
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -15,7 +15,7 @@ from asyncml.api import create_app
 from asyncml.settings import Settings
 from asyncml.webhooks import new_secret
 
-WAV_URL = "http://127.0.0.1:9/a.wav"
+WAV_URL = "http://audio.example/a.wav"  # a name, judged by the worker; never fetched here
 
 
 @pytest.fixture

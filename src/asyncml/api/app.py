@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,11 +18,19 @@ from asyncml import metrics
 from asyncml.api import classic, v1
 from asyncml.api.body_limit import BodyLimit
 from asyncml.api.deps import Services, ServicesDep
+from asyncml.api.limits import QueueGate, RateGate
 from asyncml.api.observe import RequestMetrics
+from asyncml.auth import Authenticator, load_key_file
 from asyncml.engine import Engine
-from asyncml.errors import AsyncmlError, InputInvalid, ServiceUnavailable, describe_errors
+from asyncml.errors import (
+    AsyncmlError,
+    InputInvalid,
+    ServiceUnavailable,
+    Unauthorized,
+    describe_errors,
+)
 from asyncml.registry import Registry, build_registry
-from asyncml.settings import Settings
+from asyncml.settings import Settings, is_loopback_host
 from asyncml.store import open_async_store
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,23 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings, registry)
         store = open_async_store(settings)
-        app.state.services = Services(settings, registry, engine, store)
+        file_keys = load_key_file(settings.api_keys_file) if settings.api_keys_file else []
+        auth = Authenticator(store, required=settings.auth_required, file_keys=file_keys)
+        if settings.auth == "off" and not is_loopback_host(settings.api_host):
+            log.warning(
+                "API keys are OFF (ASYNCML_AUTH=off) and the API listens on %s: "
+                "anyone who can reach it can submit and read every task",
+                settings.api_host,
+            )
+        app.state.services = Services(
+            settings,
+            registry,
+            engine,
+            store,
+            auth,
+            RateGate(settings),
+            QueueGate(engine, settings.max_queue_depth),
+        )
         try:
             yield
         finally:
@@ -52,8 +77,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.exception_handler(AsyncmlError)
     async def _asyncml_error(request: Request, exc: AsyncmlError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if isinstance(exc, ServiceUnavailable) else None
-        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=headers)
+        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -100,15 +124,20 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         )
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
-    async def prometheus_metrics(services: ServicesDep) -> Response:
+    async def prometheus_metrics(services: ServicesDep, request: Request) -> Response:
         """Prometheus text exposition; queue depths are read from the broker on scrape."""
+        token = settings.metrics_token
+        if token is not None:
+            sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+                raise Unauthorized("send the metrics token: Authorization: Bearer <token>")
         depth = metrics.QueueDepth(services.engine.queue_depths)
         body = await anyio.to_thread.run_sync(metrics.exposition, [depth])
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
-    app.include_router(v1.build_router(registry))
+    app.include_router(v1.build_router(registry, settings))
     app.include_router(classic.build_router(registry))
     return app
 

@@ -10,8 +10,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Response, status
 from pydantic import BaseModel, StrictBool, create_model
 
-from asyncml.api.deps import ERROR_RESPONSES, ServicesDep, require_json, strict
-from asyncml.errors import TaskNotFound
+from asyncml.api.deps import (
+    ERROR_RESPONSES,
+    CallerDep,
+    ServicesDep,
+    authenticate,
+    require_json,
+    strict,
+)
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.store import Callback, TaskStatus
@@ -50,6 +56,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
     async def submit(
         body: Annotated[body_model, Body()],
         services: ServicesDep,
+        caller: CallerDep,
     ) -> ClassicAccepted:
         callback = None
         if body.callback:  # type: ignore[attr-defined]  # added by create_model above
@@ -58,7 +65,9 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
                 log.info("classic %s: callback requested, no default callback URL set", kind.name)
             else:
                 callback = Callback(url=str(url))
-        record, _ = await services.submit(kind, body, exclude={"callback"}, callback=callback)
+        record, _ = await services.submit(
+            kind, body, caller=caller, exclude={"callback"}, callback=callback
+        )
         return ClassicAccepted(id=record.id)
 
     router.add_api_route(
@@ -75,7 +84,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
 
 
 def build_router(registry: Registry) -> APIRouter:
-    router = APIRouter(responses=ERROR_RESPONSES)
+    router = APIRouter(responses=ERROR_RESPONSES, dependencies=[Depends(authenticate)])
     for kind in registry:
         if kind.classic is not None:
             _classic_route(router, kind)
@@ -86,10 +95,10 @@ def build_router(registry: Registry) -> APIRouter:
         tags=["classic"],
         responses={202: {"description": "Not final yet: poll again."}},
     )
-    async def get_task(task_id: str, services: ServicesDep, response: Response) -> ClassicTask:
-        record = await services.store.get(task_id)
-        if record is None:
-            raise TaskNotFound(f"no task with id {task_id!r}")
+    async def get_task(
+        task_id: str, services: ServicesDep, caller: CallerDep, response: Response
+    ) -> ClassicTask:
+        record = await services.owned(task_id, caller)
         response.status_code = 200 if record.final else 202
         result = None
         if record.status is TaskStatus.SUCCESS and record.result is not None:

@@ -10,12 +10,21 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import Depends, Header, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import Depends, Header, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AnyUrl, BaseModel, ConfigDict
 
 from asyncml import metrics
+from asyncml.api.limits import QueueGate, RateGate
+from asyncml.auth import Authenticator, Caller
 from asyncml.engine import Engine
-from asyncml.errors import InputInvalid, ServiceUnavailable, UnsupportedMediaType
+from asyncml.errors import (
+    InputInvalid,
+    RateLimited,
+    ServiceUnavailable,
+    TaskNotFound,
+    UnsupportedMediaType,
+)
 from asyncml.fetch import literal_refusal
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
@@ -25,6 +34,7 @@ from asyncml.store import AsyncTaskStore, Callback, TaskRecord, TaskStatus, utcn
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+UNFINISHED_RETRY_S = 2.0
 
 
 @dataclass
@@ -33,12 +43,28 @@ class Services:
     registry: Registry
     engine: Engine
     store: AsyncTaskStore
+    auth: Authenticator
+    rates: RateGate
+    queues: QueueGate
+
+    async def owned(self, task_id: str, caller: Caller, *, wait_s: float = 0) -> TaskRecord:
+        """The caller's task, or 404: another key's task looks exactly like an unknown id."""
+        if wait_s > 0:
+            record = await self.store.get(task_id)
+            if record is not None and record.owner == caller.owner and not record.final:
+                record = await self.store.wait(task_id, wait_s)
+        else:
+            record = await self.store.get(task_id)
+        if record is None or record.owner != caller.owner:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return record
 
     async def submit(
         self,
         kind: TaskKind[Any, Any],
         body: BaseModel,
         *,
+        caller: Caller,
         exclude: set[str] | None = None,
         callback: Callback | None = None,
         idempotency_key: str | None = None,
@@ -63,16 +89,29 @@ class Services:
             )
             if refused is not None:
                 raise InputInvalid(f"callback_url: {refused}")
+        self._refuse_literal_destinations(body, exclude or set())
+        await self.queues.admit(kind.queue)
         record = TaskRecord(
             id=str(uuid.uuid4()),
             kind=kind.name,
             status=TaskStatus.QUEUED,
             submitted_at=utcnow(),
             callback=callback,
+            owner=caller.owner,
         )
-        await self.store.create(record)
+        max_open = self.settings.max_unfinished_per_key if caller.key is not None else 0
+        if caller.key is not None and caller.key.max_unfinished is not None:
+            max_open = caller.key.max_unfinished
+        if not await self.store.create(record, max_open=max_open):
+            raise RateLimited(
+                f"API key {caller.name!r} has {max_open} unfinished tasks, its cap; "
+                "wait for some to finish",
+                retry_after_s=UNFINISHED_RETRY_S,
+            )
         payload = body.model_dump(mode="json", exclude=exclude)
         if idempotency_key is not None:
+            # Keys are per caller: one key's Idempotency-Key never finds another's task.
+            idempotency_key = f"{caller.owner}:{idempotency_key}"
             replayed = await self._claim(kind, record, payload, callback, idempotency_key)
             if replayed is not None:
                 return replayed, True
@@ -90,6 +129,20 @@ class Services:
             raise
         metrics.TASKS_SUBMITTED.labels(kind.name).inc()
         return record, False
+
+    def _refuse_literal_destinations(self, body: BaseModel, exclude: set[str]) -> None:
+        """A URL input whose host is an address the fetch guard refuses is a 422 now, not a
+        FAILURE later (names are judged by the worker, after it resolves them)."""
+        for name, value in body:
+            if name in exclude or not isinstance(value, AnyUrl):
+                continue
+            refused = literal_refusal(
+                str(value),
+                allow_loopback=self.settings.fetch_allow_loopback,
+                allow_private=self.settings.fetch_allow_private,
+            )
+            if refused is not None:
+                raise InputInvalid(f"{name}: {refused}")
 
     async def _claim(
         self,
@@ -121,7 +174,7 @@ class Services:
         original = await self.store.get(bound_id)
         if original is None:  # the original's record has expired: the key is free again
             await self.store.release_key(key)
-            await self.store.create(record)
+            await self.store.create(record)  # the cap was checked for this record already
             return await self._claim(kind, record, payload, callback, key)
         return original
 
@@ -141,10 +194,12 @@ def _error(description: str) -> dict[str, Any]:
 # schema-driven fuzz test) know every status they can get.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("The request is malformed (e.g. a body that is not UTF-8)."),
+    401: _error("No valid API key (send Authorization: Bearer aml_...)."),
     404: _error("No such task (or route); unknown and not-yours look the same."),
     413: _error("The body is larger than ASYNCML_API_MAX_BODY_BYTES."),
     415: _error("The body is not sent as JSON."),
-    503: _error("The broker or the result store is unavailable; retry after a while."),
+    429: _error("Over the key's request rate or its cap of unfinished tasks; see Retry-After."),
+    503: _error("The broker or the store is unavailable, or the queue is full; see Retry-After."),
 }
 
 
@@ -170,3 +225,26 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (aml_...), required unless the server runs without keys.",
+)
+
+
+async def authenticate(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """Who calls (401 if keys are required and none valid is sent), counted against its
+    rate (429 past it); the ``RateLimit-*`` headers go on the answer."""
+    header = None if credentials is None else f"Bearer {credentials.credentials}"
+    caller = await services.auth.authenticate(header)
+    response.headers.update(await services.rates.check(caller))
+    request.state.caller = caller
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]

@@ -5,23 +5,53 @@ as a real object in the generated endpoint's signature to validate and document 
 """
 
 import logging
+import re
 from typing import Annotated, Any
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
-from pydantic import BaseModel, Field, HttpUrl, create_model
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
 
-from asyncml.api.deps import ERROR_RESPONSES, ServicesDep, require_json, strict
-from asyncml.errors import ServiceUnavailable, TaskConflict, TaskNotFound
+from asyncml.api.deps import (
+    ERROR_RESPONSES,
+    CallerDep,
+    ServicesDep,
+    authenticate,
+    require_json,
+    strict,
+)
+from asyncml.errors import InputInvalid, ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
-from asyncml.store import Callback, TaskRecord, utcnow
-from asyncml.store.records import Event
+from asyncml.settings import Settings
+from asyncml.store import Callback, TaskRecord, TaskStatus, utcnow
+from asyncml.store.records import Event, TaskPage
 from asyncml.webhooks import notice
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
+MAX_PREFER_WAIT_S = 60.0
+_PREFER = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def prefer_wait(header: str | None) -> float:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped at 60; 0 if absent."""
+    if not header:
+        return 0.0
+    match = _PREFER.search(header)
+    return min(MAX_PREFER_WAIT_S, float(match.group(1))) if match else 0.0
+
+
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="`wait=N` (N <= 60): hold the answer until the task is final or N "
+        "seconds pass: 200 with the finished task, else the usual 202.",
+    ),
+]
 
 
 class KindView(BaseModel):
@@ -79,7 +109,9 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
     async def submit(
         body: Annotated[request_model, Body()],  # type: ignore[valid-type]  # built per kind
         services: ServicesDep,
+        caller: CallerDep,
         response: Response,
+        prefer: PreferHeader = None,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -94,10 +126,20 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         events = body.callback_events  # type: ignore[attr-defined]  # likewise
         callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
         record, replayed = await services.submit(
-            kind, body, exclude=_OPTIONS, callback=callback, idempotency_key=idempotency_key
+            kind,
+            body,
+            caller=caller,
+            exclude=_OPTIONS,
+            callback=callback,
+            idempotency_key=idempotency_key,
         )
         response.headers["Location"] = f"/v1/tasks/{record.id}"
-        if replayed:
+        wait_s = prefer_wait(prefer)
+        if wait_s > 0:
+            response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+            if not record.final:
+                record = await services.store.wait(record.id, wait_s) or record
+        if replayed or record.final:
             response.status_code = status.HTTP_200_OK
         return record
 
@@ -114,7 +156,10 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         tags=[kind.family],
         openapi_extra={"x-asyncml-output": kind.output_model.model_json_schema()},
         responses={
-            200: {"description": "Replay of an Idempotency-Key: the original task."},
+            200: {
+                "description": "Final within `Prefer: wait`, or the replay of an "
+                "Idempotency-Key (the original task)."
+            },
             415: {"description": "The body is not sent as JSON."},
             422: {"description": "The input does not fit the kind's schema; nothing queued."},
             503: {"description": "The broker or result store is down; nothing queued."},
@@ -122,10 +167,97 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
     )
 
 
-def build_router(registry: Registry) -> APIRouter:
-    router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+class ListQuery(BaseModel):
+    """Filters of GET /v1/tasks; an unknown one (a typo) is a 422, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: TaskStatus | None = Field(None, description="Only tasks in this state")
+    kind: str | None = Field(None, max_length=100, description="Only tasks of this kind")
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200, description="next_cursor of the previous page")
+
+
+class BatchAccepted(BaseModel):
+    tasks: list[TaskRecord] = Field(description="One task per input, in the inputs' order.")
+
+
+def _batch_route(router: APIRouter, kind: TaskKind[Any, Any], settings: Settings) -> None:
+    item: Any = strict(kind.input_model)
+    batch_model: type[BaseModel] = create_model(
+        f"{kind.input_model.__name__}Batch",
+        __config__=ConfigDict(extra="forbid"),
+        inputs=(list[item], Field(min_length=1, max_length=settings.max_batch_size)),
+        callback_url=(HttpUrl | None, Field(None, description="Notify each task here.")),
+        callback_events=(
+            list[Event],
+            Field(default_factory=lambda: list[Event](["completed"]), min_length=1),
+        ),
+    )
+
+    async def submit_batch(
+        body: Annotated[batch_model, Body()],
+        services: ServicesDep,
+        caller: CallerDep,
+    ) -> BatchAccepted:
+        """All or nothing: if the broker fails part-way, the tasks already queued are
+        cancelled (they will not run) and the answer is 503."""
+        url = body.callback_url  # type: ignore[attr-defined]  # fields of batch_model
+        events = body.callback_events  # type: ignore[attr-defined]
+        callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
+        accepted: list[TaskRecord] = []
+        try:
+            for one in body.inputs:  # type: ignore[attr-defined]
+                record, _ = await services.submit(kind, one, caller=caller, callback=callback)
+                accepted.append(record)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for record in accepted:
+                    try:
+                        await services.store.cancel(record.id, utcnow())
+                    except ServiceUnavailable:
+                        log.error("batch: task %s queued and not cancelled", record.id)
+            raise
+        return BatchAccepted(tasks=accepted)
+
+    router.add_api_route(
+        f"/tasks/{kind.name}/batch",
+        submit_batch,
+        methods=["POST"],
+        dependencies=[Depends(require_json)],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=BatchAccepted,
+        summary=f"Submit up to {settings.max_batch_size} {kind.name} tasks at once",
+        operation_id=f"submit_batch_{kind.name.replace('.', '_')}",
+        tags=[kind.family],
+        responses={
+            422: {"description": "An input does not fit (its index is in `errors`); none queued."}
+        },
+    )
+
+
+def build_router(registry: Registry, settings: Settings) -> APIRouter:
+    router = APIRouter(
+        prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(authenticate)]
+    )
     for kind in registry:
         _submit_route(router, kind)
+        _batch_route(router, kind, settings)
+
+    @router.get("/tasks", response_model=TaskPage, tags=["tasks"])
+    async def list_tasks(
+        services: ServicesDep, caller: CallerDep, query: Annotated[ListQuery, Query()]
+    ) -> TaskPage:
+        """The caller's own tasks, newest first (kept for ASYNCML_RESULT_TTL_S)."""
+        if query.kind is not None and query.kind not in registry:
+            raise InputInvalid(f"kind: unknown task kind {query.kind!r}")
+        return await services.store.list_tasks(
+            caller.owner,
+            status=query.status,
+            kind=query.kind,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
 
     @router.post("/tasks/{kind}", status_code=202, tags=["tasks"], include_in_schema=False)
     async def submit_unknown(kind: str) -> None:
@@ -135,18 +267,13 @@ def build_router(registry: Registry) -> APIRouter:
     async def get_task(
         task_id: str,
         services: ServicesDep,
+        caller: CallerDep,
         wait: Annotated[
             float,
             Query(ge=0, le=MAX_WAIT_S, description="Long-poll: seconds to wait for a final state"),
         ] = 0,
     ) -> TaskRecord:
-        if wait > 0:
-            record = await services.store.wait(task_id, wait)
-        else:
-            record = await services.store.get(task_id)
-        if record is None:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        return record
+        return await services.owned(task_id, caller, wait_s=wait)
 
     @router.delete(
         "/tasks/{task_id}",
@@ -154,8 +281,9 @@ def build_router(registry: Registry) -> APIRouter:
         tags=["tasks"],
         responses={409: {"description": "The task has started or is already final."}},
     )
-    async def cancel_task(task_id: str, services: ServicesDep) -> TaskRecord:
+    async def cancel_task(task_id: str, services: ServicesDep, caller: CallerDep) -> TaskRecord:
         """Cancel a task that has not started; it will not run, on any broker."""
+        await services.owned(task_id, caller)  # 404 for another key's task, untouched
         outcome = await services.store.cancel(task_id, utcnow())
         record = outcome.record
         if record is None:

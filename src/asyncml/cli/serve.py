@@ -22,15 +22,18 @@ def api(
     import uvicorn
 
     from asyncml.api.app import create_app
+    from asyncml.api.server import uvicorn_options
     from asyncml.logging import configure_logging
 
     settings = load_settings()
+    if host is not None:  # where it listens decides whether keys are required (auth=auto)
+        settings = settings.model_copy(update={"api_host": host})
+        os.environ["ASYNCML_API_HOST"] = host  # for the processes --workers spawns
     configure_logging(settings, "api")
     options: dict[str, Any] = {
-        "host": host or settings.api_host,
+        **uvicorn_options(settings),
+        "host": settings.api_host,
         "port": port if port is not None else settings.api_port,
-        "log_config": None,
-        "timeout_graceful_shutdown": 10,
     }
     if workers > 1:
         uvicorn.run("asyncml.api.app:app_from_env", factory=True, workers=workers, **options)

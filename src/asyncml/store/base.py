@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from asyncml.store.records import Delivery, ErrorBody, TaskRecord, TaskStatus
+from asyncml.store.dead_letters import DeadLetter
+from asyncml.store.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,10 @@ class Cancelled:
 
 
 class TaskStore(Protocol):
-    def create(self, record: TaskRecord) -> None: ...
+    def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        """Store a new QUEUED record; with ``max_open`` > 0, only if its owner has fewer
+        unfinished tasks than that (checked and written in one atomic step)."""
+        ...
 
     def get(self, task_id: str) -> TaskRecord | None: ...
 
@@ -70,13 +74,65 @@ class TaskStore(Protocol):
         """
         ...
 
+    # API keys (``asyncml keys``): stored by digest; names are unique among live keys.
+    def key_add(self, key: ApiKey) -> bool:
+        """False (and nothing stored) if a key by that name exists."""
+        ...
+
+    def key_get(self, digest: str) -> ApiKey | None: ...
+
+    def key_list(self) -> list[ApiKey]: ...
+
+    def key_revoke(self, name: str) -> bool:
+        """Delete the key of that name; False if there was none."""
+        ...
+
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
 
+    # --- dead-letter queue: tasks that killed their worker on every attempt ---------
+
+    def dead_letter_add(self, entry: DeadLetter) -> None:
+        """Keep ``entry`` (replacing one of the same task id) for ``DEAD_LETTER_TTL_S``."""
+        ...
+
+    def dead_letter_list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Entries oldest first; reading consumes nothing."""
+        ...
+
+    def dead_letter_count(self) -> int: ...
+
+    def dead_letter_get(self, task_id: str) -> DeadLetter | None: ...
+
+    def dead_letter_remove(self, task_id: str) -> bool:
+        """True only for the one caller that removed it: a replay claims its entry so."""
+        ...
+
+    def dead_letter_purge(self) -> int:
+        """Remove every entry; how many there were."""
+        ...
+
 
 class AsyncTaskStore(Protocol):
-    async def create(self, record: TaskRecord) -> None: ...
+    async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        """Store a new QUEUED record; with ``max_open`` > 0, only if its owner has fewer
+        unfinished tasks than that (checked and written in one atomic step)."""
+        ...
+
+    async def list_tasks(
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """The owner's tasks, newest first; ``cursor`` continues a previous page."""
+        ...
+
+    async def key_get(self, digest: str) -> ApiKey | None: ...
 
     async def get(self, task_id: str) -> TaskRecord | None: ...
 

@@ -25,8 +25,11 @@ FINAL_STATUSES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.C
 
 
 class ErrorBody(BaseModel):
+    """``{type, message}``; a ``worker_lost`` failure adds ``attempts`` (omitted elsewhere)."""
+
     type: str
     message: str
+    attempts: int | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 Event = Literal["started", "completed"]
@@ -60,6 +63,8 @@ class TaskRecord(BaseModel):
     finished_at: datetime | None = None
     callback: Callback | None = None
     deliveries: dict[str, Delivery] = Field(default_factory=dict)
+    # Who submitted it: the id of the API key ("" without keys). Never in API answers.
+    owner: str = Field(default="", exclude=True)
 
     @property
     def final(self) -> bool:
@@ -68,3 +73,28 @@ class TaskRecord(BaseModel):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class ApiKey(BaseModel):
+    """An API key as stored: its SHA-256 digest, never the key itself.
+
+    Keys are 32 random bytes, so a fast hash is enough (there is nothing to brute-force);
+    ``key_id`` (the digest's head) names the owner of the key's tasks.
+    """
+
+    name: str
+    digest: str
+    created_at: datetime
+    rate: str | None = None
+    max_unfinished: int | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self.digest[:16]
+
+
+class TaskPage(BaseModel):
+    """One page of a caller's tasks, newest first; ``next_cursor`` fetches the next."""
+
+    tasks: list[TaskRecord]
+    next_cursor: str | None = None

@@ -21,9 +21,18 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from asyncml.errors import ServiceUnavailable
+from asyncml.errors import InputInvalid, ServiceUnavailable
 from asyncml.store.base import Cancelled
-from asyncml.store.records import Callback, Delivery, ErrorBody, TaskRecord, TaskStatus
+from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.records import (
+    ApiKey,
+    Callback,
+    Delivery,
+    ErrorBody,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+)
 
 _PREFIX = "asyncml:task:"
 _CHANNEL_PREFIX = "asyncml:done:"
@@ -38,10 +47,46 @@ elseif s ~= 'STARTED' then
 end
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
+# A task leaves its owner's set of open tasks when it becomes final. The set's key is made
+# from the record's owner field: fine on one Redis, not on Redis Cluster (not supported).
+_CLOSE = """
+local function close(record)
+  local owner = redis.call('HGET', record, 'owner')
+  if owner then redis.call('ZREM', 'asyncml:open:' .. owner, redis.call('HGET', record, 'id')) end
+end
+"""
+# KEYS[1] record, KEYS[2] owner's index, KEYS[3] owner's open tasks; ARGV ttl, submitted
+# (epoch), id, max_open (0: no cap), then the record's field/value pairs. 0 if over the cap.
+_CREATE = """
+local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
+local cap = tonumber(ARGV[4])
+if cap > 0 and redis.call('ZCARD', KEYS[3]) >= cap then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('ZADD', KEYS[3], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 2 * ttl)
+redis.call('EXPIRE', KEYS[2], 2 * ttl)
+redis.call('EXPIRE', KEYS[3], 2 * ttl)
+return 1
+"""
+_DELETE = (
+    _CLOSE
+    + """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then redis.call('ZREM', 'asyncml:owner:' .. owner, redis.call('HGET', KEYS[1], 'id')) end
+close(KEYS[1])
+return redis.call('DEL', KEYS[1])
+"""
+)
 # KEYS[1] record, KEYS[2] channel; ARGV status, finished_at, result, error, ttl
-_FINISH = """
+_FINISH = (
+    _CLOSE
+    + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'QUEUED' and s ~= 'STARTED' then return 0 end
+close(KEYS[1])
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
@@ -49,16 +94,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
+)
 # KEYS[1] record, KEYS[2] channel; ARGV finished_at, ttl
-_CANCEL = """
+_CANCEL = (
+    _CLOSE
+    + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'QUEUED' then
+  close(KEYS[1])
   redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('PUBLISH', KEYS[2], 'CANCELLED')
 end
 return s
 """
+)
 
 
 # KEYS[1] schedule; ARGV[1] interval in microseconds. Redis's clock, so workers on hosts
@@ -83,6 +133,11 @@ _CACHE_PREFIX = "asyncml:cache:"
 _IDEMPOTENCY_PREFIX = "asyncml:idem:"
 _DELIVERY_PREFIX = "delivery:"
 _SLOT_PREFIX = "asyncml:slot:"
+_OWNER_PREFIX = "asyncml:owner:"
+_OPEN_PREFIX = "asyncml:open:"
+_KEY_PREFIX = "asyncml:apikey:"
+_KEY_NAMES = "asyncml:apikeys"
+_LIST_SCAN_MAX = 5000  # index entries one list request may read before it returns a cursor
 
 
 def _key(task_id: str) -> str:
@@ -102,7 +157,32 @@ def _mapping(record: TaskRecord) -> Mapping[Any, Any]:
     }
     if record.callback is not None:
         mapping["callback"] = record.callback.model_dump_json()
+    mapping["owner"] = record.owner
     return mapping
+
+
+def _create_call(record: TaskRecord, ttl_s: int, max_open: int) -> tuple[list[str], list[Any]]:
+    keys = [_key(record.id), _OWNER_PREFIX + record.owner, _OPEN_PREFIX + record.owner]
+    args: list[Any] = [ttl_s, repr(record.submitted_at.timestamp()), record.id, max_open]
+    for field, value in _mapping(record).items():
+        args += [field, value]
+    return keys, args
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if cursor is None:
+        return None
+    score, sep, task_id = cursor.removeprefix("s").partition(":")
+    try:
+        if not (cursor.startswith("s") and sep and task_id):
+            raise ValueError(cursor)
+        return float(score), task_id
+    except ValueError:
+        raise InputInvalid("cursor: not a cursor this server gave out") from None
 
 
 def _parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
@@ -123,6 +203,7 @@ def _parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
         started_at=when("started_at"),
         finished_at=when("finished_at"),
         callback=Callback.model_validate_json(fields["callback"]) if "callback" in fields else None,
+        owner=fields.get("owner", ""),
         deliveries={
             name.removeprefix(_DELIVERY_PREFIX): Delivery.model_validate_json(value)
             for name, value in fields.items()
@@ -165,13 +246,13 @@ class RedisTaskStore:
         self._cancel = self._r.register_script(_CANCEL)
         self._reserve = self._r.register_script(_RESERVE)
         self._set_delivery = self._r.register_script(_SET_DELIVERY)
+        self._create = self._r.register_script(_CREATE)
+        self._delete = self._r.register_script(_DELETE)
 
-    def create(self, record: TaskRecord) -> None:
+    def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        keys, args = _create_call(record, self.ttl_s, max_open)
         try:
-            with self._r.pipeline() as pipe:
-                pipe.hset(_key(record.id), mapping=_mapping(record))
-                pipe.expire(_key(record.id), self.ttl_s)
-                pipe.execute()
+            return bool(self._create(keys=keys, args=args))
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
@@ -183,7 +264,7 @@ class RedisTaskStore:
 
     def delete(self, task_id: str) -> None:
         try:
-            self._r.delete(_key(task_id))
+            self._delete(keys=[_key(task_id)])
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
@@ -244,6 +325,44 @@ class RedisTaskStore:
         except RedisError as exc:
             raise _unavailable(exc) from exc
 
+    def key_add(self, key: ApiKey) -> bool:
+        try:
+            if not self._r.hsetnx(_KEY_NAMES, key.name, key.digest):
+                return False
+            self._r.set(_KEY_PREFIX + key.digest, key.model_dump_json())
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return True
+
+    def key_get(self, digest: str) -> ApiKey | None:
+        try:
+            raw = self._r.get(_KEY_PREFIX + digest)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return None if raw is None else ApiKey.model_validate_json(_decode(raw))
+
+    def key_list(self) -> list[ApiKey]:
+        try:
+            digests = [_decode(d) for d in self._r.hvals(_KEY_NAMES)]
+            raws = self._r.mget([_KEY_PREFIX + d for d in digests]) if digests else []
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        keys = [ApiKey.model_validate_json(_decode(raw)) for raw in raws if raw is not None]
+        return sorted(keys, key=lambda k: k.name)
+
+    def key_revoke(self, name: str) -> bool:
+        try:
+            digest = self._r.hget(_KEY_NAMES, name)
+            if digest is None:
+                return False
+            with self._r.pipeline() as pipe:  # MULTI: both go, or neither
+                pipe.delete(_KEY_PREFIX + _decode(digest))
+                pipe.hdel(_KEY_NAMES, name)
+                pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return True
+
     def reserve_slot(self, key: str, interval_s: float) -> float:
         try:
             wait_us = self._reserve(keys=[_SLOT_PREFIX + key], args=[int(interval_s * 1e6)])
@@ -260,21 +379,177 @@ class RedisTaskStore:
     def close(self) -> None:
         self._r.close()
 
+    # --- dead-letter queue: tasks that killed their worker on every attempt ---------
+    # A hash per entry (expiring DEAD_LETTER_TTL_S after its dead_at) and one sorted set
+    # of task ids by dead_at, trimmed of members whose hash has expired.
+
+    def dead_letter_add(self, entry: DeadLetter) -> None:
+        dead_at = entry.dead_at.timestamp()
+        try:
+            with self._r.pipeline() as pipe:  # MULTI/EXEC: the hash and its index together
+                pipe.hset(_dead_letter_key(entry.task_id), mapping=_dead_letter_mapping(entry))
+                pipe.expireat(_dead_letter_key(entry.task_id), int(dead_at + DEAD_LETTER_TTL_S))
+                pipe.zadd(_DEAD_LETTERS, {entry.task_id: dead_at})
+                pipe.zremrangebyscore(_DEAD_LETTERS, "-inf", time.time() - DEAD_LETTER_TTL_S)
+                pipe.expire(_DEAD_LETTERS, DEAD_LETTER_TTL_S)
+                pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def dead_letter_list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        try:
+            self._r.zremrangebyscore(_DEAD_LETTERS, "-inf", time.time() - DEAD_LETTER_TTL_S)
+            ids = _names(self._r.zrange(_DEAD_LETTERS, offset, offset + limit - 1)) if limit else []
+            with self._r.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hgetall(_dead_letter_key(task_id))
+                raws = pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return [entry for raw in raws if (entry := _parse_dead_letter(raw)) is not None]
+
+    def dead_letter_count(self) -> int:
+        try:
+            self._r.zremrangebyscore(_DEAD_LETTERS, "-inf", time.time() - DEAD_LETTER_TTL_S)
+            return int(self._r.zcard(_DEAD_LETTERS))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def dead_letter_get(self, task_id: str) -> DeadLetter | None:
+        try:
+            return _parse_dead_letter(self._r.hgetall(_dead_letter_key(task_id)))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def dead_letter_remove(self, task_id: str) -> bool:
+        try:
+            with self._r.pipeline() as pipe:
+                pipe.delete(_dead_letter_key(task_id))
+                pipe.zrem(_DEAD_LETTERS, task_id)
+                deleted, _ = pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return bool(deleted)
+
+    def dead_letter_purge(self) -> int:
+        try:
+            purged = 0
+            while names := _names(self._r.zrange(_DEAD_LETTERS, 0, 499)):
+                with self._r.pipeline() as pipe:
+                    pipe.delete(*(_dead_letter_key(name) for name in names))
+                    pipe.zrem(_DEAD_LETTERS, *names)
+                    deleted, _ = pipe.execute()
+                purged += int(deleted)
+            return purged
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+
+_DEAD_LETTERS = "asyncml:dlq"
+_DEAD_LETTER_PREFIX = "asyncml:dlq:"
+
+
+def _dead_letter_key(task_id: str) -> str:
+    return _DEAD_LETTER_PREFIX + task_id
+
+
+def _names(members: Any) -> list[str]:
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+def _dead_letter_mapping(entry: DeadLetter) -> Mapping[Any, Any]:
+    """One field per top-level value, JSON-encoded: readable with redis-cli HGETALL."""
+    return {
+        name: json.dumps(value)
+        for name, value in entry.model_dump(mode="json").items()
+        if value is not None
+    }
+
+
+def _parse_dead_letter(raw: Mapping[Any, Any]) -> DeadLetter | None:
+    if not raw:
+        return None
+    return DeadLetter.model_validate({k.decode(): json.loads(v) for k, v in raw.items()})
+
 
 class AsyncRedisTaskStore:
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         self._r = aioredis.Redis.from_url(url, **_client_options(), retry=_async_retry())
         self._cancel = self._r.register_script(_CANCEL)
+        self._create = self._r.register_script(_CREATE)
+        self._delete = self._r.register_script(_DELETE)
 
-    async def create(self, record: TaskRecord) -> None:
+    async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        keys, args = _create_call(record, self.ttl_s, max_open)
         try:
-            async with self._r.pipeline() as pipe:
-                pipe.hset(_key(record.id), mapping=_mapping(record))
-                pipe.expire(_key(record.id), self.ttl_s)
-                await pipe.execute()
+            return bool(await self._create(keys=keys, args=args))
         except RedisError as exc:
             raise _unavailable(exc) from exc
+
+    async def list_tasks(
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Walk the owner's index newest first (score = submit time, ties by id), reading
+        records in batches; ids whose record expired are dropped from the index on the way."""
+        after = _parse_cursor(cursor)
+        top: float | str = "+inf" if after is None else after[0]
+        found: list[TaskRecord] = []
+        last: tuple[float, str] | None = None
+        scanned, offset, batch = 0, 0, max(2 * limit, 50)
+        index = _OWNER_PREFIX + owner
+        try:
+            while scanned < _LIST_SCAN_MAX:
+                entries = await self._r.zrevrangebyscore(
+                    index, top, "-inf", start=offset, num=batch, withscores=True
+                )
+                if not entries:
+                    return TaskPage(tasks=found)
+                offset += len(entries)
+                pairs: list[Any] = list(entries)  # (member, score) with withscores
+                ids = [(_decode(member), float(score)) for member, score in pairs]
+                if after is not None:
+                    ids = [(i, sc) for i, sc in ids if sc < after[0] or i < after[1]]
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for task_id, _ in ids:
+                        pipe.hgetall(_key(task_id))
+                    raws = await pipe.execute()
+                gone = []
+                for (task_id, score), raw in zip(ids, raws, strict=True):
+                    scanned += 1
+                    last = (score, task_id)
+                    record = _parse(raw)
+                    if record is None:
+                        gone.append(task_id)
+                        continue
+                    if (status is None or record.status is status) and (
+                        kind is None or record.kind == kind
+                    ):
+                        found.append(record)
+                        if len(found) == limit:
+                            break
+                if gone:
+                    await self._r.zrem(index, *gone)
+                if len(found) == limit:
+                    break
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        # A full page (or the scan bound): more may follow; an empty next page ends it.
+        next_cursor = None if last is None else f"s{last[0]!r}:{last[1]}"
+        return TaskPage(tasks=found, next_cursor=next_cursor)
+
+    async def key_get(self, digest: str) -> ApiKey | None:
+        try:
+            raw = await self._r.get(_KEY_PREFIX + digest)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return None if raw is None else ApiKey.model_validate_json(_decode(raw))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         try:
@@ -284,7 +559,7 @@ class AsyncRedisTaskStore:
 
     async def delete(self, task_id: str) -> None:
         try:
-            await self._r.delete(_key(task_id))
+            await self._delete(keys=[_key(task_id)])
         except RedisError as exc:
             raise _unavailable(exc) from exc
 

@@ -8,6 +8,7 @@ embedded default's latency cost, documented in the README.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -19,9 +20,18 @@ from typing import Any
 
 import anyio.to_thread
 
-from asyncml.errors import ServiceUnavailable
+from asyncml.errors import InputInvalid, ServiceUnavailable
 from asyncml.store.base import Cancelled
-from asyncml.store.records import Callback, Delivery, ErrorBody, TaskRecord, TaskStatus
+from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.records import (
+    ApiKey,
+    Callback,
+    Delivery,
+    ErrorBody,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -41,24 +51,47 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, entry TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, task_id TEXT NOT NULL, expires_at REAL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    task_id TEXT PRIMARY KEY, entry TEXT NOT NULL, dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
 """
 _ADDED_COLUMNS = {
     "attempts": "INTEGER NOT NULL DEFAULT 0",
     "callback": "TEXT",
     "deliveries": "TEXT",
+    "owner": "TEXT NOT NULL DEFAULT ''",
 }
+# After the columns exist (a data folder of an earlier version gets them first).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner);
+CREATE INDEX IF NOT EXISTS tasks_owner_status ON tasks (owner, status);
+"""
 _COLUMNS = (
-    "id, kind, status, result, error, submitted_at, started_at, finished_at, callback, deliveries"
+    "id, kind, status, result, error, submitted_at, started_at, finished_at, callback, "
+    "deliveries, owner"
 )
 _PURGE_EVERY = 500
 
 
+def _rowid_from(cursor: str) -> int:
+    if not (cursor.startswith("r") and cursor[1:].isdigit()):
+        raise InputInvalid("cursor: not a cursor this server gave out")
+    return int(cursor[1:])
+
+
 def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
-    id_, kind, status, result, error, submitted, started, finished, callback, deliveries = row
+    id_, kind, status, result, error, submitted, started, finished, callback, deliveries, owner = (
+        row
+    )
     return TaskRecord(
+        owner=owner,
         callback=None if callback is None else Callback.model_validate_json(callback),
         deliveries={} if deliveries is None else json.loads(deliveries),
         id=id_,
@@ -87,6 +120,7 @@ class SqliteTaskStore:
             for name, ddl in _ADDED_COLUMNS.items():  # data folders of earlier versions
                 if name not in columns:
                     conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
+            conn.executescript(_INDEXES)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -107,17 +141,74 @@ class SqliteTaskStore:
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
 
-    def create(self, record: TaskRecord) -> None:
-        self._execute(
-            "INSERT INTO tasks (id, kind, status, submitted_at, callback) VALUES (?, ?, ?, ?, ?)",
+    def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        """One INSERT ... SELECT: the count of the owner's open tasks and the insert are
+        one atomic step, so concurrent submissions cannot overshoot ``max_open``."""
+        cur = self._execute(
+            "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner) "
+            "SELECT ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
+            "WHERE owner = ? AND status IN ('QUEUED', 'STARTED')) < ?",
             (
                 record.id,
                 record.kind,
                 record.status.value,
                 record.submitted_at.isoformat(),
                 None if record.callback is None else record.callback.model_dump_json(),
+                record.owner,
+                max_open,
+                record.owner,
+                max_open,
             ),
         )
+        return cur.rowcount == 1
+
+    def list_tasks(
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Newest first by rowid (insertion order); the cursor is the last rowid seen."""
+        where = ["owner = ?", "(expires_at IS NULL OR expires_at > ?)"]
+        params: list[Any] = [owner, time.time()]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if cursor is not None:
+            where.append("rowid < ?")
+            params.append(_rowid_from(cursor))
+        rows = self._execute(
+            f"SELECT rowid, {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} "  # noqa: S608  # constant SQL; values are parameters
+            "ORDER BY rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        page = [_row_to_record(row[1:]) for row in rows[:limit]]
+        more = len(rows) > limit
+        return TaskPage(tasks=page, next_cursor=f"r{rows[limit - 1][0]}" if more else None)
+
+    def key_add(self, key: ApiKey) -> bool:
+        cur = self._execute(
+            "INSERT INTO api_keys (name, digest, entry) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (key.name, key.digest, key.model_dump_json()),
+        )
+        return cur.rowcount == 1
+
+    def key_get(self, digest: str) -> ApiKey | None:
+        row = self._execute("SELECT entry FROM api_keys WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else ApiKey.model_validate_json(row[0])
+
+    def key_list(self) -> list[ApiKey]:
+        rows = self._execute("SELECT entry FROM api_keys ORDER BY name").fetchall()
+        return [ApiKey.model_validate_json(row[0]) for row in rows]
+
+    def key_revoke(self, name: str) -> bool:
+        return self._execute("DELETE FROM api_keys WHERE name = ?", (name,)).rowcount == 1
 
     def get(self, task_id: str) -> TaskRecord | None:
         row = self._execute(
@@ -236,6 +327,58 @@ class SqliteTaskStore:
             conn.close()
             self._local.conn = None
 
+    # --- dead-letter queue: tasks that killed their worker on every attempt ---------
+    # The entry is kept whole as JSON: it is only ever read whole, by id or in order.
+    # It lives DEAD_LETTER_TTL_S after dead_at; older rows are invisible, then deleted.
+
+    def dead_letter_add(self, entry: DeadLetter) -> None:
+        self._execute(
+            "INSERT INTO dead_letters (task_id, entry, dead_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (task_id) DO UPDATE SET "
+            "entry = excluded.entry, dead_at = excluded.dead_at",
+            (entry.task_id, entry.model_dump_json(), entry.dead_at.timestamp()),
+        )
+        self._execute("DELETE FROM dead_letters WHERE dead_at <= ?", (_dead_letter_horizon(),))
+
+    def dead_letter_list(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        rows = self._execute(
+            "SELECT entry FROM dead_letters WHERE dead_at > ? "
+            "ORDER BY dead_at, task_id LIMIT ? OFFSET ?",
+            (_dead_letter_horizon(), limit, offset),
+        ).fetchall()
+        return [DeadLetter.model_validate_json(row[0]) for row in rows]
+
+    def dead_letter_count(self) -> int:
+        row = self._execute(
+            "SELECT COUNT(*) FROM dead_letters WHERE dead_at > ?", (_dead_letter_horizon(),)
+        ).fetchone()
+        return int(row[0])
+
+    def dead_letter_get(self, task_id: str) -> DeadLetter | None:
+        row = self._execute(
+            "SELECT entry FROM dead_letters WHERE task_id = ? AND dead_at > ?",
+            (task_id, _dead_letter_horizon()),
+        ).fetchone()
+        return None if row is None else DeadLetter.model_validate_json(row[0])
+
+    def dead_letter_remove(self, task_id: str) -> bool:
+        cur = self._execute(
+            "DELETE FROM dead_letters WHERE task_id = ? AND dead_at > ?",
+            (task_id, _dead_letter_horizon()),
+        )
+        return cur.rowcount == 1
+
+    def dead_letter_purge(self) -> int:
+        horizon = _dead_letter_horizon()
+        live = self._execute("DELETE FROM dead_letters WHERE dead_at > ?", (horizon,)).rowcount
+        self._execute("DELETE FROM dead_letters")
+        return live
+
+
+def _dead_letter_horizon() -> float:
+    """Entries that died at or before this moment (epoch) have expired."""
+    return time.time() - DEAD_LETTER_TTL_S
+
 
 class AsyncSqliteTaskStore:
     """The API's side: each call runs in a worker thread so the event loop never blocks."""
@@ -246,8 +389,28 @@ class AsyncSqliteTaskStore:
     def __init__(self, store: SqliteTaskStore) -> None:
         self._store = store
 
-    async def create(self, record: TaskRecord) -> None:
-        await anyio.to_thread.run_sync(self._store.create, record)
+    async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._store.create, record, max_open=max_open)
+        )
+
+    async def list_tasks(
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                self._store.list_tasks, owner, status=status, kind=kind, limit=limit, cursor=cursor
+            )
+        )
+
+    async def key_get(self, digest: str) -> ApiKey | None:
+        return await anyio.to_thread.run_sync(self._store.key_get, digest)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         return await anyio.to_thread.run_sync(self._store.get, task_id)
