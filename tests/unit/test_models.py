@@ -434,3 +434,17 @@ def test_models_example_exports_a_model_that_serves_like_the_bundled_one(tmp_pat
     exported = load_model(ModelSpec(folder=tmp_path / "iris", manifest=read_manifest(IRIS)))
     bundled = load_model(ModelSpec(folder=IRIS, manifest=read_manifest(IRIS)))
     assert exported.predict(table) == bundled.predict(table)
+
+
+def test_predict_with_input_that_is_not_json_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["predict", "iris", "--input", "{sepal_length: 5}"])
+    assert result.exit_code == 2
+    assert "not JSON" in result.output
+
+
+def test_predict_on_an_unreachable_service_exits_3() -> None:
+    url = "http://127.0.0.1:9"  # discard port: nothing listens
+    row = json.dumps(FLOWERS[0])
+    result = runner.invoke(app, ["predict", "iris", "--input", row, "--url", url, "--json"])
+    assert result.exit_code == 3
+    assert json.loads(result.output)["type"] == "service_unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +11,12 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+from asyncml.client import Task
 from asyncml.engine.runtime import WorkerRuntime
-from asyncml.models import BUNDLED_DIR
+from asyncml.models import BUNDLED_DIR, CACHE, PredictionOut, preload, served_specs
 from asyncml.registry import build_registry
 from asyncml.settings import Settings
-from asyncml.store import TaskStatus
+from asyncml.store import TaskRecord, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
 
 FLOWER = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -91,3 +93,54 @@ def test_a_task_run_by_a_worker_records_predictions_and_the_model_version(
         "probabilities": probabilities.tolist(),
         "batch_size": 2,
     }
+
+
+def test_a_model_that_will_not_load_in_the_worker_fails_its_task_as_data(
+    settings: Settings, store: SqliteTaskStore
+) -> None:
+    folder = settings.models_path() / "flaky"
+    shutil.copytree(BUNDLED_DIR / "iris", folder)
+    toml = folder / "model.toml"
+    toml.write_text(toml.read_text().replace('name = "iris"', 'name = "flaky"'))
+    kind = build_registry(settings).get("model.flaky")
+    (folder / "model.onnx").write_bytes(b"replaced by something broken after start-up")
+    store.create(
+        TaskRecord(id="t1", kind=kind.name, status=TaskStatus.QUEUED, submitted_at=utcnow())
+    )
+    runtime = WorkerRuntime(settings, store_retry_s=0.2)
+    runtime.execute(kind, "t1", FLOWER)
+    runtime.store.close()
+    record = store.get("t1")
+    assert record is not None and record.status is TaskStatus.FAILURE
+    assert record.error is not None and record.error.type == "model_unavailable"
+    assert "flaky 1.0.0 cannot be loaded" in record.error.message
+
+
+def test_preload_loads_only_the_models_of_the_queues_served(settings: Settings) -> None:
+    registry = build_registry(settings)
+    (spec,) = served_specs(registry)
+    CACHE.clear()
+    preload(registry, ["audio", "euro"])
+    assert spec not in CACHE
+    preload(registry, ["models"])
+    assert spec in CACHE
+
+
+def test_sdk_gives_a_model_result_as_its_typed_output() -> None:
+    task = Task.model_validate(
+        {
+            "id": "t1",
+            "kind": "model.iris",
+            "status": "SUCCESS",
+            "submitted_at": "2024-01-01T00:00:00Z",
+            "result": {
+                "model": "iris",
+                "version": "1.0.0",
+                "predictions": ["setosa"],
+                "probabilities": None,
+                "batch_size": 1,
+            },
+        }
+    )
+    out = task.output()
+    assert isinstance(out, PredictionOut) and out.predictions == ["setosa"]
