@@ -13,8 +13,10 @@ made in the parent may hold threads and locks that do not survive a fork.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ import numpy.typing as npt
 
 from asyncml.models.errors import ModelInvalid, ModelRefused
 from asyncml.models.manifest import Manifest
+
+log = logging.getLogger(__name__)
 
 # onnxruntime's tensor types and the numpy types we feed them.
 _ONNX_DTYPES: dict[str, Any] = {
@@ -258,7 +262,15 @@ class ModelCache:
                 self._pid = os.getpid()
             model = self._models.get(spec.key)
             if model is None:
+                began = time.perf_counter()
                 model = self._models[spec.key] = load_model(spec)
+                log.info(
+                    "model %s %s loaded in %.3f s (process %d)",
+                    spec.manifest.name,
+                    spec.manifest.version,
+                    time.perf_counter() - began,
+                    self._pid,
+                )
             return model
 
     def __contains__(self, spec: object) -> bool:
