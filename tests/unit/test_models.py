@@ -448,3 +448,57 @@ def test_predict_on_an_unreachable_service_exits_3() -> None:
     result = runner.invoke(app, ["predict", "iris", "--input", row, "--url", url, "--json"])
     assert result.exit_code == 3
     assert json.loads(result.output)["type"] == "service_unavailable"
+
+
+def test_onnx_model_with_one_input_per_feature_gets_each_column_in_its_type(
+    tmp_path: Path,
+) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["count"], ["count_f"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["size", "count_f"], ["total"]),
+        ],
+        "sum",
+        [
+            helper.make_tensor_value_info("size", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("count", TensorProto.INT64, [None, 1]),
+        ],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [None, 1])],
+    )
+    onx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onx.ir_version = 8
+    toml = (
+        'name = "adder"\nversion = "1"\nformat = "onnx"\n'
+        '[[features]]\nname = "count"\ntype = "int"\n'
+        '[[features]]\nname = "size"\ntype = "float"\n'
+    )
+    folder = write_folder(tmp_path, "adder", toml, {"model.onnx": onx.SerializeToString()})
+    model = load_model(ModelSpec(folder=folder, manifest=read_manifest(folder)))
+    out = model.predict([[2, 0.5], [40, 1.25]])
+    assert (out.predictions, out.probabilities) == ([2.5, 41.25], None)
+
+
+def test_skops_pipeline_with_a_categorical_feature_gets_an_object_array(tmp_path: Path) -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    x = np.array([["red", 1.0], ["blue", 2.0], ["red", 3.0], ["blue", 4.0]], dtype=object)
+    pipeline = make_pipeline(
+        ColumnTransformer([("colour", OneHotEncoder(), [0])], remainder="passthrough"),
+        LogisticRegression(),
+    ).fit(x, [1, 0, 1, 0])
+    toml = (
+        'name = "paint"\nversion = "1"\nformat = "skops"\n'
+        '[[features]]\nname = "colour"\ntype = "string"\nenum = ["red", "blue"]\n'
+        '[[features]]\nname = "size"\ntype = "float"\n'
+    )
+    folder = write_folder(tmp_path, "paint", toml)
+    sio.dump(pipeline, folder / "model.skops")
+    model = load_model(ModelSpec(folder=folder, manifest=read_manifest(folder)))
+    table = [["red", 2.5], ["blue", 2.5]]
+    assert (
+        model.predict(table).predictions == pipeline.predict(np.array(table, dtype=object)).tolist()
+    )
