@@ -46,6 +46,10 @@ def _trusts_pickle(folder: Path, settings: Settings) -> bool:
     return any(here.is_relative_to(d.resolve()) for d in settings.models_trust_pickle_dirs)
 
 
+class _Unservable(Exception):
+    """A folder that cannot be served, for a reason already put in words."""
+
+
 # Verdicts of artifacts already loaded in this process, by everything that could change one.
 _verified: dict[tuple[Any, ...], str | None] = {}
 
@@ -73,10 +77,6 @@ def _verify(spec: ModelSpec) -> None:
         raise _Unservable(problem)
 
 
-class _Unservable(Exception):
-    pass
-
-
 def discover(settings: Settings) -> Discovery:
     """The folder's models first, then the bundled examples whose names are still free."""
     found = Discovery()
@@ -90,7 +90,12 @@ def discover(settings: Settings) -> Discovery:
         roots.append((BUNDLED_DIR, True))
     taken: dict[str, Path] = {}
     for root, bundled in roots:
-        for folder in _subfolders(root):
+        try:
+            folders = _subfolders(root)
+        except OSError as exc:
+            found.problems.append(Problem(root, f"cannot list the folder: {exc}"))
+            continue
+        for folder in folders:
             try:
                 manifest = read_manifest(folder)
                 if manifest.name in taken:
