@@ -131,6 +131,12 @@ def _idempotent() -> dict[str, str]:
     return {"idempotency-key": f"asyncml-{uuid.uuid4()}"}
 
 
+def _prefer_wait(wait_s: float) -> dict[str, str]:
+    """Ask the server to hold the answer (at most the long-poll cap, which the client's
+    read timeout allows for)."""
+    return {"prefer": f"wait={max(0.0, min(wait_s, LONG_POLL_S)):g}"}
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     from asyncml import __version__
 
@@ -264,6 +270,23 @@ class Client:
     def get(self, task_id: str) -> Task:
         return Task.model_validate(self._request("GET", f"/v1/tasks/{task_id}"))
 
+    def predict(
+        self, kind: str, /, *, wait_s: float = 10.0, timeout: float | None = None, **inputs: Any
+    ) -> Task:
+        """Submit and hold the request until the task is final (``Prefer: wait``): one round
+        trip for a fast model; a task still running after ``wait_s`` is waited on as usual."""
+        headers = _idempotent() | _prefer_wait(wait_s)
+        task = Task.model_validate(
+            self._request("POST", f"/v1/tasks/{kind}", json=inputs, headers=headers)
+        )
+        return task if task.final else self.wait(task.id, timeout=timeout)
+
+    def submit_batch(self, kind: str, inputs: Iterable[Mapping[str, Any]]) -> list[Task]:
+        """Queue many inputs in one request (all or nothing); the tasks in input order."""
+        body = {"inputs": [dict(i) for i in inputs]}
+        answer = self._request("POST", f"/v1/tasks/{kind}/batch", json=body)
+        return [Task.model_validate(t) for t in answer["tasks"]]
+
     def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """Long-poll until the task is final; ``TaskTimeout`` if ``timeout`` passes first."""
         poll = _Poll(task_id, timeout)
@@ -379,6 +402,21 @@ class AsyncClient:
 
     async def get(self, task_id: str) -> Task:
         return Task.model_validate(await self._request("GET", f"/v1/tasks/{task_id}"))
+
+    async def predict(
+        self, kind: str, /, *, wait_s: float = 10.0, timeout: float | None = None, **inputs: Any
+    ) -> Task:
+        """As ``Client.predict``: one round trip when the task is final within ``wait_s``."""
+        headers = _idempotent() | _prefer_wait(wait_s)
+        task = Task.model_validate(
+            await self._request("POST", f"/v1/tasks/{kind}", json=inputs, headers=headers)
+        )
+        return task if task.final else await self.wait(task.id, timeout=timeout)
+
+    async def submit_batch(self, kind: str, inputs: Iterable[Mapping[str, Any]]) -> list[Task]:
+        body = {"inputs": [dict(i) for i in inputs]}
+        answer = await self._request("POST", f"/v1/tasks/{kind}/batch", json=body)
+        return [Task.model_validate(t) for t in answer["tasks"]]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
         poll = _Poll(task_id, timeout)

@@ -280,3 +280,37 @@ async def test_retried_submit_whose_answer_was_lost_makes_one_task(
     ids = [row[0] for row in conn.execute("SELECT id FROM tasks")]
     conn.close()
     assert ids == [task.id]
+
+
+async def test_predict_is_one_round_trip_when_the_task_is_final_in_time(
+    make_client: Callable[..., AsyncClient], store: SqliteTaskStore
+) -> None:
+    async def finish_when_queued() -> None:  # a stand-in worker
+        for _ in range(500):
+            rows = store._execute("SELECT id FROM tasks WHERE status = 'QUEUED'").fetchall()
+            if rows:
+                store.start(rows[0][0], utcnow())
+                store.finish(rows[0][0], TaskStatus.SUCCESS, utcnow(), result=AUDIO_RESULT)
+                return
+            await asyncio.sleep(0.01)
+
+    async with make_client() as client:
+        worker = asyncio.ensure_future(finish_when_queued())
+        task = await client.predict("audio.length", wait_s=5, audio_url=WAV_URL)
+        await worker
+        requests = client.transport.requests  # type: ignore[attr-defined]  # set by make_client
+    assert task.status is TaskStatus.SUCCESS
+    assert task.output() == AudioLengthOut.model_validate(AUDIO_RESULT)
+    assert requests == 1
+
+
+async def test_submit_batch_returns_one_task_per_input_in_order(
+    make_client: Callable[..., AsyncClient],
+) -> None:
+    urls = [f"http://audio.example/{i}.wav" for i in range(3)]
+    async with make_client() as client:
+        tasks = await client.submit_batch("audio.length", [{"audio_url": u} for u in urls])
+        again = [await client.get(t.id) for t in tasks]
+    assert [t.status for t in tasks] == [TaskStatus.QUEUED] * 3
+    assert len({t.id for t in tasks}) == 3
+    assert [t.id for t in again] == [t.id for t in tasks]
