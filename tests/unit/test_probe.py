@@ -256,3 +256,27 @@ def test_header_probe_does_not_import_librosa(wav_30s: Path) -> None:
     )
 
     assert done.stdout.split() == ["480000", "False"]
+
+
+def test_wav_whose_header_claims_an_implausible_sample_rate_is_not_audio(
+    wav_30s: Path, tmp_path: Path
+) -> None:
+    data = bytearray(wav_30s.read_bytes())
+    fmt = data.index(b"fmt ")
+    data[fmt + 12 : fmt + 16] = (50_000_000).to_bytes(4, "little")  # 50 MHz
+    liar = tmp_path / "liar.wav"
+    liar.write_bytes(bytes(data))
+    with pytest.raises(AudioNotAudio, match="implausible 50000000 Hz"):
+        probe_audio(liar)
+
+
+def test_file_too_large_to_decode_in_full_fails_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncml.tasks._probe as probe
+
+    monkeypatch.setattr(probe, "MAX_FULL_DECODE_BYTES", 1000)
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\x01" * 2000)  # libsndfile cannot open it: only a full decode could
+    with pytest.raises(AudioError, match="too large to decode in full"):
+        probe_audio(blob)

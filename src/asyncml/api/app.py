@@ -91,7 +91,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        kind = {400: "malformed_request", 404: "not_found", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(
             {"type": kind, "message": str(exc.detail)},
             status_code=exc.status_code,

@@ -18,6 +18,7 @@ from asyncml.api.deps import (
     require_json,
     strict,
 )
+from asyncml.api.v1 import TaskId
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.store import Callback, TaskStatus
@@ -96,7 +97,7 @@ def build_router(registry: Registry) -> APIRouter:
         responses={202: {"description": "Not final yet: poll again."}},
     )
     async def get_task(
-        task_id: str, services: ServicesDep, caller: CallerDep, response: Response
+        task_id: TaskId, services: ServicesDep, caller: CallerDep, response: Response
     ) -> ClassicTask:
         record = await services.owned(task_id, caller)
         response.status_code = 200 if record.final else 202

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
 
 from asyncml.api.deps import (
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
 MAX_PREFER_WAIT_S = 60.0
+TaskId = Annotated[str, Path(min_length=1, max_length=100, description="A task's id")]
 _PREFER = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
 
@@ -265,7 +266,7 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
 
     @router.get("/tasks/{task_id}", response_model=TaskRecord, tags=["tasks"])
     async def get_task(
-        task_id: str,
+        task_id: TaskId,
         services: ServicesDep,
         caller: CallerDep,
         wait: Annotated[
@@ -281,7 +282,7 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
         tags=["tasks"],
         responses={409: {"description": "The task has started or is already final."}},
     )
-    async def cancel_task(task_id: str, services: ServicesDep, caller: CallerDep) -> TaskRecord:
+    async def cancel_task(task_id: TaskId, services: ServicesDep, caller: CallerDep) -> TaskRecord:
         """Cancel a task that has not started; it will not run, on any broker."""
         await services.owned(task_id, caller)  # 404 for another key's task, untouched
         outcome = await services.store.cancel(task_id, utcnow())

@@ -68,6 +68,13 @@ class AudioInfo:
     format: str
 
 
+# Headers beyond these are lies or attacks (the highest real rates are 768 kHz; 64 channels
+# covers ambisonics); a full decode of a file larger than this could hold gigabytes.
+MAX_SAMPLE_RATE = 768_000
+MAX_CHANNELS = 64
+MAX_FULL_DECODE_BYTES = 50_000_000
+
+
 def probe_audio(path: Path) -> AudioInfo:
     """Length and layout of the audio in ``path``; never a length the bytes do not hold.
 
@@ -87,8 +94,11 @@ def probe_audio(path: Path) -> AudioInfo:
         fmt = str(snd.format)
         sample_rate = int(snd.samplerate)
         channels = int(snd.channels)
-        if sample_rate <= 0 or channels <= 0:
-            raise AudioNotAudio(f"{fmt} header gives {sample_rate} Hz and {channels} channels")
+        if not (0 < sample_rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS):
+            raise AudioNotAudio(
+                f"{fmt} header gives an implausible {sample_rate} Hz and {channels} channels "
+                f"(at most {MAX_SAMPLE_RATE} Hz and {MAX_CHANNELS} channels are accepted)"
+            )
         try:
             frames = _checked_frames(snd, path, size, fmt)
         except (sf.SoundFileError, RuntimeError) as exc:
@@ -169,6 +179,12 @@ def _probe_by_decoding_with_librosa(path: Path, *, libsndfile_error: str) -> Aud
     librosa warns that audioread support is deprecated, and audioread imports deprecated
     stdlib modules; neither is the caller's concern, so warnings are silenced here.
     """
+    if path.stat().st_size > MAX_FULL_DECODE_BYTES:  # a full decode holds every sample
+        raise AudioError(
+            f"cannot read the file with libsndfile ({libsndfile_error}), and at "
+            f"{path.stat().st_size} bytes it is too large to decode in full "
+            f"(at most {MAX_FULL_DECODE_BYTES} bytes)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
