@@ -48,6 +48,12 @@ TASK_RUN = Histogram(
     ["kind"],
     buckets=_TASK_BUCKETS,
 )
+MODEL_BATCH_SIZE = Histogram(
+    "asyncml_model_batch_size",
+    "Rows in each call of a model (dynamic batching groups concurrent tasks).",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 TASKS_DEAD_LETTERED = Counter(
     "asyncml_tasks_dead_lettered_total",
     "Tasks whose worker died on every attempt, ended as worker_lost and copied to the "

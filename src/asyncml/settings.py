@@ -242,6 +242,18 @@ class Settings(BaseSettings):
     models_intra_op_threads: int = Field(
         default=1, ge=1, le=64, description="Threads one ONNX Runtime session may use."
     )
+    models_batching: bool = Field(
+        default=True,
+        description="Run predictions of one model that arrive together as one batch (in "
+        "workers of model queues, which use a pool of threads).",
+    )
+    models_worker_threads: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Tasks one worker of model queues holds at once (its thread pool); "
+        "the most a batch can gather.",
+    )
     worker_metrics_port: int = Field(
         default=0,
         ge=0,

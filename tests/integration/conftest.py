@@ -158,7 +158,7 @@ def worker_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[Serv
     env, _, workdir = stack_env
     process = ServiceProcess(
         "worker",
-        ["worker", "--queues", "audio,euro,models,webhooks", "--concurrency", "1"],
+        ["worker", "--queues", "audio,euro,webhooks", "--concurrency", "1"],
         env=env,
         workdir=workdir,
     ).start()
@@ -167,6 +167,31 @@ def worker_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[Serv
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def models_worker_process(
+    stack_env: tuple[dict[str, str], str, Path],
+) -> Iterator[ServiceProcess]:
+    """The models queue's worker: a pool of threads in one process, which batches."""
+    env, _, workdir = stack_env
+    process = ServiceProcess(
+        "worker-models", ["worker", "--queues", "models"], env=env, workdir=workdir
+    ).start()
+    try:
+        process.wait_for_line(" ready.")
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def models_worker(models_worker_process: ServiceProcess) -> ServiceProcess:
+    assert models_worker_process.proc is not None
+    if models_worker_process.proc.poll() is not None:
+        models_worker_process.start()
+        models_worker_process.wait_for_line(" ready.")
+    return models_worker_process
 
 
 @pytest.fixture

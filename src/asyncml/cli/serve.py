@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -47,8 +48,20 @@ def worker(
         str | None, typer.Option(help="Comma-separated queues; default: every queue.")
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(help="Worker processes [ASYNCML_WORKER_CONCURRENCY].")
+        int | None,
+        typer.Option(
+            help="Worker processes [ASYNCML_WORKER_CONCURRENCY]; with --pool threads, "
+            "threads [ASYNCML_MODELS_WORKER_THREADS]."
+        ),
     ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="prefork (one process per task: CPU-bound work, hard time limits), threads "
+            "(many tasks in one process: model queues, for dynamic batching), or auto: "
+            "threads when every queue is a model queue."
+        ),
+    ] = "auto",
 ) -> None:
     """Run a Celery worker for some or all queues."""
     _prepare_multiprocess_metrics()
@@ -65,7 +78,21 @@ def worker(
     if unknown:
         err_console.print(f"unknown queue(s): {', '.join(unknown)}; known: {known}")
         raise typer.Exit(EXIT_USAGE)
-    n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
+    from asyncml.models import model_queues
+
+    if pool not in ("auto", "prefork", "threads"):
+        err_console.print(f"--pool must be auto, prefork or threads, not {pool!r}")
+        raise typer.Exit(EXIT_USAGE)
+    if pool == "auto":
+        models_only = set(chosen) <= model_queues(registry)
+        pool = "threads" if models_only else "prefork"
+    if pool == "threads":
+        from asyncml.models import enable_batching
+
+        n = concurrency or settings.models_worker_threads
+        enable_batching(settings.models_batching)
+    else:
+        n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
     celery = make_celery(settings, registry)
     if settings.models_preload:
         from asyncml.models import preload_in_worker_processes
@@ -77,6 +104,8 @@ def worker(
         ",".join(chosen),
         "--concurrency",
         str(n),
+        "--pool",
+        pool,
         "--hostname",
         f"asyncml-{'-'.join(chosen)}-{os.getpid()}@%h",
         "--loglevel",
@@ -121,33 +150,50 @@ def up(
     ] = None,
 ) -> None:
     """Run the API and a worker for every queue, supervised; Ctrl-C stops all of it."""
+    from asyncml.engine.app import all_queues
     from asyncml.logging import configure_logging
+    from asyncml.models import model_queues
     from asyncml.supervisor import Child, Supervisor, python_argv
 
     settings = load_settings()
     configure_logging(settings, "up")
-    worker_argv = python_argv("worker")
-    if concurrency:
-        worker_argv += ["--concurrency", str(concurrency)]
+    registry = build_registry(settings)
+    # Model queues get a worker of their own (a pool of threads that batches); the rest
+    # share one prefork worker.
+    for_models = sorted(model_queues(registry))
+    groups = [q for q in [sorted(set(all_queues(registry)) - set(for_models)), for_models] if q]
+    names = ["worker", "worker-models"] if len(groups) == 2 else ["worker"]
+    workers: list[tuple[str, list[str], list[str]]] = []
+    for name, queues in zip(names, groups, strict=True):
+        argv = python_argv("worker", "--queues", ",".join(queues))
+        if concurrency and queues is not for_models:
+            argv += ["--concurrency", str(concurrency)]
+        workers.append((name, argv, queues))
     api_child = Child("api", python_argv("api"))
     if not settings.embedded_broker:
         where = redact_url(settings.broker_url_value())
-        children = [api_child, Child("worker", worker_argv)]
+        children = [api_child, *(Child(name, argv) for name, argv, _ in workers)]
         console.print(f"asyncml up: API on {_api_url(settings)}, broker {where}", highlight=False)
         raise typer.Exit(Supervisor(children, env=_children_env(settings)).run())
 
     from asyncml.engine.embedded import exclusive, recover_unacked
     from asyncml.store import open_store
 
-    def recover() -> None:
-        # Before every worker start: a worker that died left its messages invisible.
-        store = open_store(settings)
-        try:
-            recover_unacked(settings, store)
-        finally:
-            store.close()
+    def recovery(queues: list[str]) -> Callable[[], None]:
+        def recover() -> None:
+            # Before every start of a worker: one that died left its messages invisible.
+            store = open_store(settings)
+            try:
+                recover_unacked(settings, store, queues)
+            finally:
+                store.close()
 
-    children = [api_child, Child("worker", worker_argv, before_start=recover)]
+        return recover
+
+    children = [
+        api_child,
+        *(Child(name, argv, before_start=recovery(queues)) for name, argv, queues in workers),
+    ]
     try:
         with exclusive(settings.data_dir):
             console.print(

@@ -17,7 +17,7 @@ import fcntl
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,10 +61,13 @@ def broker_url(data_dir: Path) -> str:
     return f"{SCHEME}+sqlite:///{(data_dir / 'broker.sqlite3').resolve()}"
 
 
-def recover_unacked(settings: Settings, store: TaskStore) -> tuple[int, int]:
+def recover_unacked(
+    settings: Settings, store: TaskStore, queues: Collection[str] | None = None
+) -> tuple[int, int]:
     """Return (restored, deleted) counts of messages in the embedded broker.
 
-    Run only while no worker of this data folder is alive. For each task that is not
+    Run only while no worker of this data folder consuming these ``queues`` (default: all)
+    is alive. For each task that is not
     final, exactly one message stays: a visible one if the task was already requeued
     (Celery puts a fresh copy back when a worker is lost), else its invisible orphan made
     visible again. Every other copy, and every message of a final or expired task, goes.
@@ -75,9 +78,11 @@ def recover_unacked(settings: Settings, store: TaskStore) -> tuple[int, int]:
     conn = sqlite3.connect(path, timeout=30)
     try:
         try:
-            rows = conn.execute(
-                "SELECT id, visible, payload FROM kombu_message ORDER BY id"
+            named = conn.execute(
+                "SELECT m.id, m.visible, m.payload, q.name FROM kombu_message m "
+                "JOIN kombu_queue q ON q.id = m.queue_id ORDER BY m.id"
             ).fetchall()
+            rows = [r[:3] for r in named if queues is None or r[3] in queues]
         except sqlite3.OperationalError:  # no table yet: nothing was ever queued
             return (0, 0)
         by_task: dict[str, list[tuple[int, bool]]] = {}

@@ -1,12 +1,15 @@
 """Model serving: each folder of ``ASYNCML_MODELS_DIR`` (and each bundled example) becomes a
 ``model.<name>`` task kind. See README "Models"."""
 
+from asyncml.models.batcher import Batcher
 from asyncml.models.discovery import BUNDLED_DIR, Discovery, Problem, discover, model_kinds
 from asyncml.models.errors import ModelError, ModelInvalid, ModelRefused, ModelUnavailable
 from asyncml.models.kinds import (
     Predict,
     PredictionOut,
+    enable_batching,
     model_kind,
+    model_queues,
     preload,
     preload_in_worker_processes,
     served_specs,
@@ -17,6 +20,7 @@ from asyncml.models.manifest import Feature, Manifest, read_manifest
 __all__ = [
     "BUNDLED_DIR",
     "CACHE",
+    "Batcher",
     "Discovery",
     "Feature",
     "Manifest",
@@ -30,9 +34,11 @@ __all__ = [
     "PredictionOut",
     "Problem",
     "discover",
+    "enable_batching",
     "load_model",
     "model_kind",
     "model_kinds",
+    "model_queues",
     "preload",
     "preload_in_worker_processes",
     "read_manifest",

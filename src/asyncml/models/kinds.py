@@ -7,12 +7,16 @@ worker process that runs the task (once, then cached), never in the API.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from asyncml.errors import TaskTimeout
 from asyncml.kinds import Limits, TaskContext, TaskKind
+from asyncml.models.batcher import Batcher
 from asyncml.models.errors import ModelError, ModelUnavailable
 from asyncml.models.inputs import input_model, rows
 from asyncml.models.loaders import CACHE, ModelSpec, Predictor
@@ -45,14 +49,66 @@ class Predict:
     def __call__(self, inp: BaseModel, ctx: TaskContext) -> PredictionOut:
         model = load(self.spec)
         table = rows(self.spec.manifest, inp)
-        out = model.predict(table)
+        manifest = self.spec.manifest
+        if _batching.enabled and manifest.batch.max_batch_size > 1:
+            try:
+                out, size = batcher_for(self.spec, model).predict(
+                    table, timeout_s=manifest.timeout_s
+                )
+            except FuturesTimeout:
+                raise TaskTimeout(
+                    f"{manifest.kind_name}: no prediction within {manifest.timeout_s:g} s"
+                ) from None
+        else:
+            from asyncml.metrics import MODEL_BATCH_SIZE  # not at import: see cli/serve.py
+
+            out, size = model.predict(table), len(table)
+            MODEL_BATCH_SIZE.labels(manifest.name).observe(size)
         return PredictionOut(
-            model=self.spec.manifest.name,
-            version=self.spec.manifest.version,
+            model=manifest.name,
+            version=manifest.version,
             predictions=out.predictions,
             probabilities=out.probabilities,
-            batch_size=len(table),
+            batch_size=size,
         )
+
+
+class _Batching:
+    """Whether this process batches: only a worker with a pool of threads (set by
+    ``asyncml worker``); in a prefork child one task runs at a time, and waiting for
+    company would only add latency."""
+
+    enabled = False
+
+
+_batching = _Batching()
+
+
+def enable_batching(enabled: bool = True) -> None:
+    _batching.enabled = enabled
+
+
+_BATCHERS: dict[tuple[str, str], Batcher] = {}
+_BATCHERS_LOCK = threading.Lock()
+
+
+def batcher_for(spec: ModelSpec, model: Predictor) -> Batcher:
+    """This process's batcher of ``spec``'s model (threads do not survive a fork, and the
+    pool that batches is a pool of threads: one process, one batcher per model)."""
+    from asyncml.metrics import MODEL_BATCH_SIZE  # not at import: see cli/serve.py
+
+    with _BATCHERS_LOCK:
+        batcher = _BATCHERS.get(spec.key)
+        if batcher is None or batcher.predictor is not model:
+            observe = MODEL_BATCH_SIZE.labels(spec.manifest.name).observe
+            batcher = _BATCHERS[spec.key] = Batcher(
+                model,
+                max_batch_size=spec.manifest.batch.max_batch_size,
+                max_wait_ms=spec.manifest.batch.max_wait_ms,
+                name=spec.manifest.name,
+                observe=observe,
+            )
+        return batcher
 
 
 def load(spec: ModelSpec) -> Predictor:
@@ -120,3 +176,10 @@ def preload_in_worker_processes(kinds: Iterable[TaskKind[Any, Any]], queues: Ite
         preload(chosen, wanted)
 
     worker_process_init.connect(on_start, weak=False)
+
+
+def model_queues(kinds: Iterable[TaskKind[Any, Any]]) -> set[str]:
+    """The queues that carry only predictions (a worker of these may batch)."""
+    kinds = list(kinds)
+    mixed = {k.queue for k in kinds if not isinstance(k.func, Predict)}
+    return {k.queue for k in kinds if isinstance(k.func, Predict)} - mixed
