@@ -1,5 +1,5 @@
 # The README's two commands: `make run` and `make test`.
-.PHONY: install run test check unit integration format
+.PHONY: install run test check unit integration format bench
 
 install:
 	scripts/bootstrap.sh
@@ -27,3 +27,7 @@ integration: install
 format: install
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
+
+# Benchmarks (bench/README.md): real processes on loopback, about 5 minutes; never part of `make test`.
+bench: install
+	.venv/bin/python bench/run.py

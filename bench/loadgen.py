@@ -1,0 +1,178 @@
+"""The load generator: closed-loop clients that submit a task and long-poll until it is final.
+
+Closed loop on purpose: each of `concurrency` clients submits one task, waits for its final
+record through `GET /v1/tasks/{id}?wait=30`, then submits the next. The backlog never grows
+past `concurrency`, so latency measures the service and not a queue the generator built,
+and a run is bounded by `count` tasks and by `deadline_s` of wall-clock time, whichever
+comes first. A consequence: in steady state submits per second equal tasks per second, so
+the submit figure worth reading is the submit request's own latency.
+
+Every time is `time.perf_counter()` in this process; "seen" is when the generator had the
+final record in hand, which is what a client experiences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+FINAL = frozenset({"SUCCESS", "FAILURE", "CANCELLED"})
+LONG_POLL_S = 30
+
+
+@dataclass
+class Sample:
+    """One task's life as the client saw it."""
+
+    submit_start: float
+    submit_end: float
+    seen: float | None = None
+    status: str | None = None
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+    stopped_by: str = "count"
+
+    def summary(self) -> dict[str, Any]:
+        """The figures issue #7 asks for; times in milliseconds, rates per second."""
+        done = [s for s in self.samples if s.seen is not None and s.status == "SUCCESS"]
+        latencies = [(s.seen - s.submit_start) * 1000 for s in done if s.seen is not None]
+        submit_ms = [(s.submit_end - s.submit_start) * 1000 for s in self.samples]
+        first_submit = min((s.submit_start for s in self.samples), default=0.0)
+        last_seen = max((s.seen for s in done if s.seen is not None), default=first_submit)
+        last_submit = max((s.submit_end for s in self.samples), default=first_submit)
+        span = last_seen - first_submit
+        submit_span = last_submit - first_submit
+        return {
+            "submitted": len(self.samples),
+            "succeeded": len(done),
+            "wall_s": round(self.ended - self.started, 3),
+            "stopped_by": self.stopped_by,
+            "tasks_per_s": round(len(done) / span, 1) if span > 0 else None,
+            "submits_per_s": (
+                round(len(self.samples) / submit_span, 1) if submit_span > 0 else None
+            ),
+            "requests": self.requests,
+            "latency_ms": percentiles(latencies),
+            "submit_ms": percentiles(submit_ms),
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p99/max by nearest rank: no interpolation between two real observations."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)], 2)
+
+    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": round(ordered[-1], 2)}
+
+
+def _error_kind(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"http_{response.status_code}"
+    kind = body.get("type") if isinstance(body, dict) else None
+    return f"http_{response.status_code}:{kind}" if kind else f"http_{response.status_code}"
+
+
+async def run_load(
+    base_url: str,
+    kind: str,
+    make_input: Callable[[int], dict[str, Any]],
+    *,
+    count: int,
+    concurrency: int,
+    deadline_s: float,
+    prefer_wait_s: int = 0,
+    drain_s: float = 10.0,
+) -> LoadResult:
+    """Submit up to `count` tasks of `kind` from `concurrency` clients, for at most `deadline_s`.
+
+    The deadline stops submitting; tasks in flight then have `drain_s` more to finish, and
+    those still unfinished are counted as `unfinished` errors. `prefer_wait_s` > 0 sends
+    `Prefer: wait=N` on submit, saving the first poll when the task finishes in time.
+    """
+    if not base_url.startswith(("http://127.", "http://localhost")):
+        raise ValueError(f"the load generator talks to loopback only, not {base_url}")
+    result = LoadResult()
+    next_index = 0
+    deadline = time.perf_counter() + deadline_s
+    drained = deadline + drain_s
+    headers = {"Prefer": f"wait={prefer_wait_s}"} if prefer_wait_s else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(LONG_POLL_S + 10.0)
+
+    async def one_task(client: httpx.AsyncClient, index: int) -> None:
+        sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+        result.samples.append(sample)
+        try:
+            response = await client.post(
+                f"/v1/tasks/{kind}", json=make_input(index), headers=headers
+            )
+        except httpx.HTTPError as exc:
+            sample.submit_end = time.perf_counter()
+            result.errors[f"submit:{type(exc).__name__}"] += 1
+            return
+        finally:
+            result.requests += 1
+        sample.submit_end = time.perf_counter()
+        if response.status_code not in (200, 202):
+            result.errors[f"submit:{_error_kind(response)}"] += 1
+            return
+        record = response.json()
+        while record.get("status") not in FINAL:
+            remaining = drained - time.perf_counter()
+            if remaining <= 0:
+                result.errors["unfinished"] += 1
+                return
+            wait = max(1, min(LONG_POLL_S, math.floor(remaining)))
+            try:
+                response = await client.get(f"/v1/tasks/{record['id']}", params={"wait": wait})
+            except httpx.HTTPError as exc:
+                result.errors[f"poll:{type(exc).__name__}"] += 1
+                return
+            finally:
+                result.requests += 1
+            if response.status_code != 200:
+                result.errors[f"poll:{_error_kind(response)}"] += 1
+                return
+            record = response.json()
+        sample.seen = time.perf_counter()
+        sample.status = record["status"]
+        if record["status"] != "SUCCESS":
+            error = record.get("error") or {}
+            result.errors[f"task:{record['status']}:{error.get('type', '?')}"] += 1
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < count:
+            if time.perf_counter() >= deadline:
+                result.stopped_by = "deadline"
+                return
+            index = next_index
+            next_index += 1
+            await one_task(client, index)
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+        result.started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        result.ended = time.perf_counter()
+    return result

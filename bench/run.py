@@ -1,0 +1,597 @@
+"""Run benchmark scenarios: `python bench/run.py [scenario ...]` (all of them by default).
+
+Each scenario starts the real processes on loopback (stack.py), drives them with the load
+generator (loadgen.py), prints one JSON line (machine-readable, stable keys) and a table for
+people. Ceilings run first in the same invocation, so every platform figure is also given as
+a ratio to the ceiling measured minutes before on the same machine and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from loadgen import LoadResult, Sample, run_load
+from procstats import Meter, own_cpu_s
+from rich.console import Console
+from rich.table import Table
+from stack import (
+    WORKER_CONCURRENCY,
+    BrokerStack,
+    EmbeddedStack,
+    FixtureServer,
+    Infra,
+    Stack,
+    clean_env,
+    command_process,
+    pid_of,
+    started,
+)
+from stack import free_ports as _free_ports
+from stack import wait_until_ready as _wait_until_ready
+
+BENCH_DIR = Path(__file__).resolve().parent
+CONCURRENCY = 16  # clients of the closed loop
+COUNT = 5000  # tasks per measured run, at most
+DEADLINE_S = 20.0  # wall-clock cap of one measured run
+LOADGEN_BOUND = 0.85  # generator CPU / wall time above which a run measures the generator
+WARM_DATES = 40  # dates the overhead scenario asks for again and again
+STAND_IN = (
+    "euro.results on cached dates stands in for the overhead scenario until a debug.echo "
+    "kind exists (see bench/README.md, Needed from the service)"
+)
+
+console = Console(highlight=False, width=max(120, shutil.get_terminal_size().columns))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+def draw_dates() -> list[str]:
+    """Every Tuesday and Friday draw from 10-05-2011 to the end of 2025, as DD-MM-YYYY."""
+    day, end, dates = date(2011, 5, 10), date(2025, 12, 31), []
+    while day <= end:
+        if day.weekday() in (1, 4):
+            dates.append(day.strftime("%d-%m-%Y"))
+        day += timedelta(days=1)
+    return dates
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def measure(
+    stack: Stack | Meter,
+    load: Callable[[], LoadResult],
+    *,
+    name: str,
+    engine: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run `load` inside the meter's window; the figures of one run."""
+    stack_meter = stack if isinstance(stack, Meter) else stack.meter()
+    cpu_before = own_cpu_s()
+    stack_meter.start()
+    result = load()
+    processes = stack_meter.stop()
+    if isinstance(stack, Stack):
+        stack.check()
+    summary = result.summary()
+    succeeded = summary["succeeded"] or 1
+    for figures in processes.values():
+        figures["cpu_ms_per_task"] = round(figures["cpu_s"] * 1000 / succeeded, 2)
+    loadgen_cpu_s = round(own_cpu_s() - cpu_before, 2)
+    return {
+        "run": name,
+        "engine": engine,
+        **extra,
+        **summary,
+        "processes": processes,
+        "loadgen_cpu_s": loadgen_cpu_s,
+        # One core busy with the generator: the figure is the generator's, not the server's.
+        "loadgen_bound": loadgen_cpu_s >= LOADGEN_BOUND * summary["wall_s"],
+    }
+
+
+def _load(
+    stack: Stack,
+    kind: str,
+    make_input: Callable[[int], dict[str, Any]],
+    *,
+    count: int = COUNT,
+    deadline_s: float = DEADLINE_S,
+    concurrency: int = CONCURRENCY,
+) -> Callable[[], LoadResult]:
+    return lambda: asyncio.run(
+        run_load(
+            stack.base_url,
+            kind,
+            make_input,
+            count=count,
+            concurrency=concurrency,
+            deadline_s=deadline_s,
+        )
+    )
+
+
+def warm(stack: Stack, kind: str, make_input: Callable[[int], dict[str, Any]], n: int) -> None:
+    """Run `n` tasks unmeasured: imports, connections, caches; fail loudly if they fail."""
+    result = _load(stack, kind, make_input, count=n, deadline_s=60, concurrency=4)()
+    summary = result.summary()
+    if summary["succeeded"] != n:
+        raise RuntimeError(f"warm-up of {kind} on {stack.engine}: {summary}")
+
+
+def ratios(run: dict[str, Any], ceiling: dict[str, Any] | None, label: str) -> None:
+    if ceiling is None or not ceiling.get("tasks_per_s") or not run.get("tasks_per_s"):
+        run[f"vs_{label}"] = None
+        return
+    p50, ceiling_p50 = run["latency_ms"]["p50"], ceiling["latency_ms"]["p50"]
+    run[f"vs_{label}"] = {
+        "tasks_per_s": round(run["tasks_per_s"] / ceiling["tasks_per_s"], 3),
+        "latency_p50_x": round(p50 / ceiling_p50, 1) if p50 and ceiling_p50 else None,
+    }
+
+
+# --- ceilings -----------------------------------------------------------------------------
+
+
+class Ceilings:
+    def __init__(self) -> None:
+        self.http: dict[str, Any] | None = None
+        self.engine: dict[str, Any] | None = None
+        self.redis_benchmark: dict[str, float] | None = None
+
+
+class _BareStack(Stack):
+    engine = "bare-uvicorn"
+
+    def __init__(self, workdir: Path) -> None:
+        (port,) = _free_ports(1)
+        self.base_url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        env = clean_env(PYTHONPATH=str(BENCH_DIR))
+        self.process = command_process("bare-uvicorn", argv, env=env, workdir=workdir)
+        self.processes = [self.process]
+        try:
+            _wait_until_ready(self.base_url, self.process)
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def meter(self) -> Meter:
+        return Meter({"api": pid_of(self.process)})
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+async def _celery_round_trips(
+    app: Any, redis_url: str, *, count: int, concurrency: int, deadline_s: float
+) -> LoadResult:
+    """Closed loop like run_load: publish a no-op, await its result's Redis publication.
+
+    Celery's Redis backend PUBLISHes each result on its key's channel; one pattern
+    subscription resolves every waiting client, so no thread blocks per task.
+    """
+    import redis.asyncio
+    from celery_noop import QUEUE, TASK
+
+    result = LoadResult()
+    waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+    client = redis.asyncio.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.psubscribe("celery-task-meta-*")
+    confirmed = await pubsub.get_message(timeout=5)
+    if not confirmed or confirmed["type"] != "psubscribe":
+        raise RuntimeError(f"no psubscribe confirmation from {redis_url}: {confirmed}")
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            if message["type"] != "pmessage":
+                continue
+            task_id = message["channel"].decode().removeprefix("celery-task-meta-")
+            future = waiting.pop(task_id, None)
+            if future is not None and not future.done():
+                future.set_result(json.loads(message["data"]))
+
+    loop = asyncio.get_running_loop()
+    deadline = time.perf_counter() + deadline_s
+    drained = deadline + 10.0  # as run_load: in-flight tasks may finish after the deadline
+    issued = 0
+
+    async def client_loop() -> None:
+        nonlocal issued
+        while issued < count:
+            if time.perf_counter() >= deadline:
+                result.stopped_by = "deadline"
+                return
+            issued += 1
+            task_id = str(uuid.uuid4())
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            waiting[task_id] = future
+            sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+            result.samples.append(sample)
+            try:
+                await asyncio.to_thread(app.send_task, TASK, task_id=task_id, queue=QUEUE)
+            except Exception as exc:  # a broker refusal is a result here, not a crash
+                result.errors[f"submit:{type(exc).__name__}"] += 1
+                continue
+            sample.submit_end = time.perf_counter()
+            try:
+                meta = await asyncio.wait_for(future, max(0.1, drained - time.perf_counter()))
+            except TimeoutError:
+                result.errors["unfinished"] += 1
+                waiting.pop(task_id, None)
+                return
+            sample.seen = time.perf_counter()
+            sample.status = meta.get("status")
+            if sample.status != "SUCCESS":
+                result.errors[f"task:{sample.status}"] += 1
+
+    listener = asyncio.create_task(listen())
+    result.started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    result.ended = time.perf_counter()
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+    await pubsub.aclose()
+    await client.aclose()
+    return result
+
+
+def _redis_benchmark(port: int) -> dict[str, float] | None:
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    argv = [binary, "-h", "127.0.0.1", "-p", str(port), "-n", "50000", "-c", str(CONCURRENCY)]
+    argv += ["-t", "ping,set,get", "--csv"]
+    out = subprocess.run(  # noqa: S603  # a fixed argv of a local binary, loopback only
+        argv, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    figures: dict[str, float] = {}
+    for line in out.splitlines():
+        cells = [c.strip('"') for c in line.split(",")]
+        if len(cells) >= 2 and cells[0] != "test":
+            with contextlib.suppress(ValueError):
+                figures[cells[0].lower().replace(" ", "_") + "_per_s"] = float(cells[1])
+    return figures
+
+
+def scenario_ceilings(ctx: Context) -> dict[str, Any]:
+    runs = []
+    with started(_BareStack(ctx.workdir / "bare")) as bare:
+        warm(bare, "noop", lambda i: {"i": i}, 50)
+        http = measure(
+            bare,
+            _load(bare, "noop", lambda i: {"i": i}),
+            name="http ceiling (bare FastAPI, submit + 1 poll)",
+            engine="bare-uvicorn",
+        )
+    ctx.ceilings.http = http
+    runs.append(http)
+
+    redis_server, rabbitmq = ctx.infra.ensure()
+    backend = ctx.infra.redis_url()
+    env = clean_env(
+        PYTHONPATH=str(BENCH_DIR), BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend
+    )
+    os.environ.update(BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend)
+    import celery_noop
+
+    argv = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "-Q", "bench_noop"]
+    argv += ["--concurrency", str(WORKER_CONCURRENCY), "-P", "prefork", "--loglevel", "INFO"]
+    worker = command_process("celery-noop", argv, env=env, workdir=BENCH_DIR)
+    try:
+        worker.wait_for_line(" ready.", timeout=60)
+
+        def load(n: int, deadline_s: float) -> Callable[[], LoadResult]:
+            return lambda: asyncio.run(
+                _celery_round_trips(
+                    celery_noop.app,
+                    backend,
+                    count=n,
+                    concurrency=CONCURRENCY,
+                    deadline_s=deadline_s,
+                )
+            )
+
+        load(50, 30)()
+        engine = measure(
+            Meter({"workers": pid_of(worker), **ctx.infra.pids()}),
+            load(COUNT, DEADLINE_S),
+            name="engine ceiling (Celery no-op round trip)",
+            engine="rabbitmq+redis",
+        )
+    finally:
+        worker.stop()
+        celery_noop.app.close()
+    ctx.ceilings.engine = engine
+    runs.append(engine)
+    ctx.ceilings.redis_benchmark = _redis_benchmark(redis_server.port)
+    return {"runs": runs, "redis_benchmark": ctx.ceilings.redis_benchmark}
+
+
+# --- platform scenarios -------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.infra = Infra(workdir / "infra")
+        self.ceilings = Ceilings()
+        self.fixtures = FixtureServer(workdir / "files")
+        (workdir / "files").mkdir(parents=True, exist_ok=True)
+
+    def euro_env(self) -> dict[str, str]:
+        return {
+            "ASYNCML_EURO_RESULTS_URL": f"{self.fixtures.url}/results/{{date}}",
+            # The local fixture is the source: no politeness owed, so no shared schedule.
+            "ASYNCML_EURO_RATE_PER_S": "100",  # the most the setting allows
+        }
+
+    engine = "rabbitmq+redis"  # of the kind scenarios (euro, audio); --engine changes it
+
+    def stack(self, engine: str, extra_env: dict[str, str]) -> Stack:
+        workdir = Path(tempfile.mkdtemp(prefix=f"{engine}-", dir=self.workdir))
+        if engine == "embedded":
+            return EmbeddedStack(workdir, extra_env)
+        return BrokerStack(workdir, self.infra, extra_env)
+
+    def with_ratios(self, run: dict[str, Any]) -> dict[str, Any]:
+        ratios(run, self.ceilings.http, "http_ceiling")
+        if run["engine"] == "rabbitmq+redis":
+            ratios(run, self.ceilings.engine, "engine_ceiling")
+        return run
+
+
+def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
+    dates = draw_dates()[:WARM_DATES]
+
+    def make_input(i: int) -> dict[str, Any]:
+        return {"draw_date": dates[i % len(dates)]}
+
+    with started(ctx.stack(engine, ctx.euro_env())) as stack:
+        warm(stack, "euro.results", make_input, len(dates))
+        run = measure(
+            stack,
+            _load(stack, "euro.results", make_input),
+            name="overhead (euro.results, cached)",
+            engine=engine,
+            kind="euro.results",
+        )
+    return {"note": STAND_IN, "runs": [ctx.with_ratios(run)]}
+
+
+def scenario_embedded(ctx: Context) -> dict[str, Any]:
+    return _overhead(ctx, "embedded")
+
+
+def scenario_rabbitmq_redis(ctx: Context) -> dict[str, Any]:
+    return _overhead(ctx, "rabbitmq+redis")
+
+
+def scenario_euro(ctx: Context) -> dict[str, Any]:
+    """Uncached dates (one page fetched and parsed each), then the same dates again, cached."""
+    dates = draw_dates()
+    runs = []
+    with started(ctx.stack(ctx.engine, ctx.euro_env())) as stack:
+        warm(stack, "euro.results", lambda i: {"draw_date": dates[-1 - i]}, 8)
+        fresh = dates[: len(dates) - 8]
+        hits_before = ctx.fixtures.hits
+        uncached = measure(
+            stack,
+            _load(stack, "euro.results", lambda i: {"draw_date": fresh[i]}, count=len(fresh)),
+            name="euro.results uncached (local page)",
+            engine=stack.engine,
+            kind="euro.results",
+        )
+        uncached["source_requests"] = ctx.fixtures.hits - hits_before
+        done = uncached["submitted"]
+        hits_before = ctx.fixtures.hits
+        cached = measure(
+            stack,
+            _load(stack, "euro.results", lambda i: {"draw_date": fresh[i % done]}),
+            name="euro.results cached (same dates again)",
+            engine=stack.engine,
+            kind="euro.results",
+        )
+        cached["source_requests"] = ctx.fixtures.hits - hits_before
+        runs = [ctx.with_ratios(uncached), ctx.with_ratios(cached)]
+    return {"runs": runs}
+
+
+def scenario_audio(ctx: Context) -> dict[str, Any]:
+    from audio_files import write_audio  # tests/unit, on sys.path through stack
+
+    files_dir = ctx.workdir / "files"
+    names = []
+    for seconds in (30, 300):
+        for fmt in ("WAV", "MP3"):
+            name = f"tone-{seconds}s.{fmt.lower()}"
+            if not (files_dir / name).exists():
+                write_audio(files_dir / name, seconds=seconds, format=fmt)
+            names.append(name)
+    runs = []
+    with started(ctx.stack(ctx.engine, {})) as stack:
+        first = f"{ctx.fixtures.url}/files/{names[0]}"
+        warm(stack, "audio.length", lambda i: {"audio_url": first}, 8)
+        for name in names:
+            url = f"{ctx.fixtures.url}/files/{name}"
+            size = (files_dir / name).stat().st_size
+            run = measure(
+                stack,
+                _load(stack, "audio.length", lambda i, url=url: {"audio_url": url}, deadline_s=12),
+                name=f"audio.length {name} ({size / 1e6:.1f} MB)",
+                engine=stack.engine,
+                kind="audio.length",
+            )
+            runs.append(ctx.with_ratios(run))
+    return {"runs": runs}
+
+
+SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "ceilings": scenario_ceilings,
+    "embedded": scenario_embedded,
+    "rabbitmq+redis": scenario_rabbitmq_redis,
+    "euro": scenario_euro,
+    "audio": scenario_audio,
+}
+ALIASES = {"overhead": ["embedded", "rabbitmq+redis"]}
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _ratio(run: dict[str, Any], label: str) -> str:
+    figures = run.get(f"vs_{label}")
+    if not figures:
+        return "-"
+    p50 = figures["latency_p50_x"]
+    return f"{figures['tasks_per_s']:.1%}, {'-' if p50 is None else f'{p50}x'}"
+
+
+def _rows(run: dict[str, Any]) -> list[tuple[str, str]]:
+    lat, sub = run["latency_ms"], run["submit_ms"]
+    rows = [
+        ("engine", run["engine"]),
+        ("tasks ok / submitted", f"{run['succeeded']} / {run['submitted']} ({run['stopped_by']})"),
+        ("tasks/s, first submit to last result", _num(run["tasks_per_s"])),
+        ("submits/s", _num(run["submits_per_s"])),
+        ("latency p50 / p90 / p99 / max ms", " / ".join(_ms(lat[k]) for k in lat)),
+        ("submit request p50 / p99 ms", f"{_ms(sub['p50'])} / {_ms(sub['p99'])}"),
+        ("errors", ", ".join(f"{k} {v}" for k, v in run["errors"].items()) or "0"),
+    ]
+    for role, p in run["processes"].items():
+        rows.append(
+            (
+                f"{role}: CPU s (ms/task), peak RSS MB",
+                f"{p['cpu_s']:.1f} ({p['cpu_ms_per_task']:.2f}), {p['peak_rss_mb']:.0f}"
+                f" in {p['processes']}",
+            )
+        )
+    bound = " (bound: the figure is the generator's)" if run["loadgen_bound"] else ""
+    rows.append(("load generator CPU s", f"{run['loadgen_cpu_s']:.1f}{bound}"))
+    for label in ("http_ceiling", "engine_ceiling"):
+        if f"vs_{label}" in run:
+            rows.append((f"vs {label.replace('_', ' ')}: tasks/s, p50", _ratio(run, label)))
+    return rows
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def print_table(scenario: str, outcome: dict[str, Any]) -> None:
+    table = Table(title=scenario, title_justify="left")
+    table.add_column("")
+    per_run = [dict(_rows(run)) for run in outcome["runs"]]
+    labels: list[str] = []
+    for rows in per_run:
+        labels += [label for label in rows if label not in labels]
+    for run in outcome["runs"]:
+        table.add_column(run["run"], justify="right")
+    for label in labels:
+        table.add_row(label, *(rows.get(label, "") for rows in per_run))
+    console.print(table)
+    if outcome.get("note"):
+        console.print(f"note: {outcome['note']}")
+    if outcome.get("redis_benchmark"):
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in outcome["redis_benchmark"].items())
+        console.print(f"redis-benchmark (-c {CONCURRENCY}): {figures}")
+
+
+@contextlib.contextmanager
+def _context(keep: Path | None) -> Iterator[Context]:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            workdir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="asyncml-bench-"))
+            )
+        else:
+            workdir = keep.resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+        ctx = Context(workdir)
+        with ctx.fixtures:
+            try:
+                yield ctx
+            finally:
+                ctx.infra.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "scenarios", nargs="*", help=f"any of {', '.join([*SCENARIOS, *ALIASES])}; default: all"
+    )
+    parser.add_argument(
+        "--no-ceilings", action="store_true", help="skip the ceilings (ratios are then null)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep logs and data here instead of a temporary folder"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["rabbitmq+redis", "embedded"],
+        default="rabbitmq+redis",
+        help="engine of the euro and audio scenarios (default: rabbitmq+redis, whose "
+        "engine is not the bottleneck; the embedded one polls)",
+    )
+    args = parser.parse_args(argv)
+    chosen: list[str] = []
+    for name in args.scenarios or list(SCENARIOS):
+        if name not in SCENARIOS and name not in ALIASES:
+            parser.error(f"unknown scenario {name!r}")
+        for one in ALIASES.get(name, [name]):
+            if one not in chosen:
+                chosen.append(one)
+    if not args.no_ceilings and "ceilings" not in chosen:
+        chosen.insert(0, "ceilings")
+    elif "ceilings" in chosen:
+        chosen.remove("ceilings")
+        chosen.insert(0, "ceilings")
+    console.print(
+        f"machine: {machine()}; {CONCURRENCY} clients, closed loop, at most {COUNT} tasks "
+        f"or {DEADLINE_S:.0f} s per run; {WORKER_CONCURRENCY} worker processes"
+    )
+    started_at = time.monotonic()
+    with _context(args.workdir) as ctx:
+        ctx.engine = args.engine
+        for name in chosen:
+            began = time.monotonic()
+            outcome = SCENARIOS[name](ctx)
+            line = {"scenario": name, "machine": machine(), **outcome}
+            line["scenario_s"] = round(time.monotonic() - began, 1)
+            print(json.dumps(line), flush=True)
+            print_table(name, outcome)
+    console.print(f"all scenarios: {time.monotonic() - started_at:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
