@@ -41,8 +41,8 @@ from stack import (
     pid_of,
     started,
 )
-from stack import free_ports as _free_ports
-from stack import wait_until_ready as _wait_until_ready
+from stack import free_ports as _free_ports  # type: ignore[attr-defined]  # re-exported helper
+from stack import wait_until_ready as _wait_until_ready  # type: ignore[attr-defined]  # same
 
 BENCH_DIR = Path(__file__).resolve().parent
 CONCURRENCY = 16  # clients of the closed loop
@@ -63,7 +63,26 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
+        "commit": _commit(),
     }
+
+
+def _commit() -> str | None:
+    """The service's commit, "+dirty" when src/ has changes: figures move with the code."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    root = BENCH_DIR.parent
+    try:
+        head = subprocess.run(  # noqa: S603  # fixed git argv in our own checkout
+            [git, "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(  # noqa: S603  # same
+            [git, "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}+dirty" if dirty else head or None
 
 
 def draw_dates() -> list[str]:
@@ -120,6 +139,7 @@ def _load(
     count: int = COUNT,
     deadline_s: float = DEADLINE_S,
     concurrency: int = CONCURRENCY,
+    prefer_wait_s: int = 0,
 ) -> Callable[[], LoadResult]:
     return lambda: asyncio.run(
         run_load(
@@ -129,6 +149,7 @@ def _load(
             count=count,
             concurrency=concurrency,
             deadline_s=deadline_s,
+            prefer_wait_s=prefer_wait_s,
         )
     )
 
@@ -256,7 +277,7 @@ async def _celery_round_trips(
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await listener
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     await client.aclose()
     return result
 
@@ -302,7 +323,7 @@ def scenario_ceilings(ctx: Context) -> dict[str, Any]:
 
     argv = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "-Q", "bench_noop"]
     argv += ["--concurrency", str(WORKER_CONCURRENCY), "-P", "prefork", "--loglevel", "INFO"]
-    worker = command_process("celery-noop", argv, env=env, workdir=BENCH_DIR)
+    worker = command_process("celery-noop", argv, env=env, workdir=ctx.workdir)
     try:
         worker.wait_for_line(" ready.", timeout=60)
 
@@ -374,14 +395,21 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
 
     with started(ctx.stack(engine, ctx.euro_env())) as stack:
         warm(stack, "euro.results", make_input, len(dates))
-        run = measure(
+        polled = measure(
             stack,
             _load(stack, "euro.results", make_input),
-            name="overhead (euro.results, cached)",
+            name="overhead (euro.results, cached): submit, then long-poll",
             engine=engine,
             kind="euro.results",
         )
-    return {"note": STAND_IN, "runs": [ctx.with_ratios(run)]}
+        waited = measure(
+            stack,
+            _load(stack, "euro.results", make_input, prefer_wait_s=10),
+            name="overhead, submit with Prefer: wait=10",
+            engine=engine,
+            kind="euro.results",
+        )
+    return {"note": STAND_IN, "runs": [ctx.with_ratios(polled), ctx.with_ratios(waited)]}
 
 
 def scenario_embedded(ctx: Context) -> dict[str, Any]:
@@ -422,6 +450,10 @@ def scenario_euro(ctx: Context) -> dict[str, Any]:
     return {"runs": runs}
 
 
+def _audio_input(base: str, name: str) -> Callable[[int], dict[str, Any]]:
+    return lambda i: {"audio_url": f"{base}/files/{name}"}
+
+
 def scenario_audio(ctx: Context) -> dict[str, Any]:
     from audio_files import write_audio  # tests/unit, on sys.path through stack
 
@@ -438,11 +470,10 @@ def scenario_audio(ctx: Context) -> dict[str, Any]:
         first = f"{ctx.fixtures.url}/files/{names[0]}"
         warm(stack, "audio.length", lambda i: {"audio_url": first}, 8)
         for name in names:
-            url = f"{ctx.fixtures.url}/files/{name}"
             size = (files_dir / name).stat().st_size
             run = measure(
                 stack,
-                _load(stack, "audio.length", lambda i, url=url: {"audio_url": url}, deadline_s=12),
+                _load(stack, "audio.length", _audio_input(ctx.fixtures.url, name), deadline_s=12),
                 name=f"audio.length {name} ({size / 1e6:.1f} MB)",
                 engine=stack.engine,
                 kind="audio.length",
