@@ -103,12 +103,17 @@ async def run_load(
     deadline_s: float,
     prefer_wait_s: int = 0,
     drain_s: float = 10.0,
+    burst: bool = False,
 ) -> LoadResult:
     """Submit up to `count` tasks of `kind` from `concurrency` clients, for at most `deadline_s`.
 
     The deadline stops submitting; tasks in flight then have `drain_s` more to finish, and
     those still unfinished are counted as `unfinished` errors. `prefer_wait_s` > 0 sends
     `Prefer: wait=N` on submit, saving the first poll when the task finishes in time.
+
+    `burst=True` is the open variant: submit everything first (the API's intake rate, with
+    the queue growing behind it), then long-poll every task; latency then includes the
+    backlog, and a result is "seen" only when its turn to be polled comes.
     """
     if not base_url.startswith(("http://127.", "http://localhost")):
         raise ValueError(f"the load generator talks to loopback only, not {base_url}")
@@ -138,6 +143,12 @@ async def run_load(
             result.errors[f"submit:{_error_kind(response)}"] += 1
             return
         record = response.json()
+        if burst:
+            submitted.append((sample, record))
+            return
+        await wait_final(client, sample, record)
+
+    async def wait_final(client: httpx.AsyncClient, sample: Sample, record: Any) -> None:
         while record.get("status") not in FINAL:
             remaining = drained - time.perf_counter()
             if remaining <= 0:
@@ -171,8 +182,17 @@ async def run_load(
             next_index += 1
             await one_task(client, index)
 
+    async def drain_loop(client: httpx.AsyncClient) -> None:
+        while submitted:
+            sample, record = submitted.pop(0)
+            await wait_final(client, sample, record)
+
+    submitted: list[tuple[Sample, Any]] = []
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
         result.started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        if burst:
+            drained = max(drained, time.perf_counter() + drain_s)
+            await asyncio.gather(*(drain_loop(client) for _ in range(concurrency)))
         result.ended = time.perf_counter()
     return result
