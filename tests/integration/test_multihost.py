@@ -36,6 +36,8 @@ from netns import NetnsUnavailable, Network
 from processes import ServiceProcess, service_env, wait_until_ready
 from services import RabbitMQServer, RedisServer
 
+from asyncml.auth import key_file_line, make_key
+
 ROLES = ("broker", "files", "api", "client", "w1", "w2", "w3")
 WORKERS = ("w1", "w2", "w3")
 CONCURRENCY = 2  # worker processes per worker host
@@ -217,6 +219,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         stack.callback(origin.close)
 
         api_host = net["api"]
+        # The API listens on a non-loopback address, so keys are required: one provisioned
+        # from a keys file, as a deployment would.
+        key, key_record = make_key("multihost", rate="100000/second")  # not a rate test
+        (tmp_path / "api-keys").write_text(key_file_line(key_record) + "\n")
         env = service_env(
             data_dir=tmp_path / "data",
             api_port=API_PORT,
@@ -224,6 +230,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             backend_url=redis_server.url,
             extra={
                 "ASYNCML_API_HOST": api_host.address,
+                "ASYNCML_API_KEYS_FILE": str(tmp_path / "api-keys"),
                 "ASYNCML_FETCH_ALLOW_LOOPBACK": "false",
                 "ASYNCML_FETCH_ALLOW_PRIVATE": "true",  # 10.231.0.0/24 is private
             },
@@ -240,6 +247,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 base_url=base_url,
                 timeout=40,
                 trust_env=False,  # a proxy from the environment is not on this network
+                headers={"Authorization": f"Bearer {key}"},
                 limits=httpx.Limits(max_connections=32),
             )
         )
