@@ -1,4 +1,5 @@
-"""Poison tasks on the production engine: real RabbitMQ, Redis, API, worker and `asyncml dlq`.
+"""Poison tasks on both engines: real RabbitMQ, Redis (or the embedded SQLite engine under
+`asyncml up`), API, worker and `asyncml dlq`.
 
 The task's worker process is SIGKILLed while it runs, every time, as an out-of-memory kill
 or a segfault would end it; the worker's main process survives, RabbitMQ redelivers.
@@ -18,7 +19,8 @@ import httpx
 import pytest
 from fixture_server import FixtureServer
 from http_api import submit_audio, wait_final
-from processes import ServiceProcess, descendants
+from processes import Launcher, ServiceProcess, descendants, service_env, wait_until_ready
+from services import free_ports
 
 MAX_ATTEMPTS = 3  # audio.length's Limits.max_attempts
 
@@ -89,3 +91,48 @@ def test_poison_task_reaches_the_dead_letter_queue_after_its_attempts(
     assert abs(again["result"]["audio_length"] - 5.0) <= 0.01
     assert api.get(f"/v1/tasks/{task_id}").json()["status"] == "FAILURE"  # never moved back
     assert all(e["task_id"] != task_id for e in dlq(env, workdir, "list"))
+
+
+def _pool_of_the_audio_worker(up: ServiceProcess) -> list[int]:
+    """The pool processes of the worker that serves the audio queue under `asyncml up`."""
+    assert up.proc is not None
+    procs = {}
+    for pid in descendants(up.proc.pid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        procs[pid] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    mains = [pid for pid, (_, cmd) in procs.items() if "--queues audio" in cmd]
+    return [pid for pid, (ppid, _) in procs.items() if ppid in mains]
+
+
+@pytest.mark.timeout(240)
+def test_poison_task_reaches_the_dead_letter_queue_on_the_embedded_engine(
+    tmp_path: Path, files: FixtureServer
+) -> None:
+    (port,) = free_ports(1)
+    env = service_env(data_dir=tmp_path / "data", api_port=port)
+    launch = Launcher(env, tmp_path)
+    try:
+        up = launch("up", ["up", "--concurrency", "1"])
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_ready(base_url, up)
+        with httpx.Client(base_url=base_url, timeout=40) as api:
+            task_id = submit_audio(api, files.url("gate/tone-5s.wav"))
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                assert files.gate_reached.wait(60), f"attempt {attempt} never fetched its URL"
+                files.gate_reached.clear()
+                pool = _pool_of_the_audio_worker(up)
+                assert pool, "the audio worker has no pool process"
+                for pid in pool:
+                    os.kill(pid, signal.SIGKILL)
+            task = wait_final(api, task_id)
+        assert task["status"] == "FAILURE", task
+        assert task["error"]["type"] == "worker_lost"
+        assert task["error"]["attempts"] == MAX_ATTEMPTS
+        (entry,) = [e for e in dlq(env, tmp_path, "list") if e["task_id"] == task_id]
+        assert entry["payload"] == {"audio_url": files.url("gate/tone-5s.wav")}
+    finally:
+        launch.stop_all()
