@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import httpx
 from fixture_server import FixtureServer
 from http_api import submit_audio, wait_final
-from processes import ServiceProcess
+from processes import ServiceProcess, descendants
 
 
 def test_v1_submit_returns_the_audio_length(api: httpx.Client, files: FixtureServer) -> None:
@@ -167,6 +169,27 @@ def test_task_survives_its_worker_being_killed(
     task = wait_final(api, task_id)
     assert task["status"] == "SUCCESS"
     assert files.hits("gate/tone-5s.wav") == 2
+
+
+def test_task_survives_its_pool_process_being_killed(
+    api: httpx.Client, files: FixtureServer, worker: ServiceProcess
+) -> None:
+    """kill -9 of the process running the task (an OOM kill), the worker's main process
+    lives on: the message comes back, the task runs again and ends SUCCESS once."""
+    task_id = submit_audio(api, files.url("gate/tone-5s.wav"))
+    assert files.gate_reached.wait(30), "the worker never fetched the gated URL"
+    assert worker.proc is not None
+    pool = descendants(worker.proc.pid)
+    assert pool, "the worker has no pool process"
+    files.gate_reached.clear()
+    for pid in pool:
+        os.kill(pid, signal.SIGKILL)
+    assert files.gate_reached.wait(60), "the task was not redelivered"
+    files.gate_open.set()
+    task = wait_final(api, task_id)
+    assert task["status"] == "SUCCESS"
+    assert abs(task["result"]["audio_length"] - 5.0) <= 0.01
+    assert files.hits("gate/tone-5s.wav") == 2  # the killed run and the one that finished
 
 
 def test_worker_logs_are_json_lines_carrying_the_task_id(
