@@ -59,7 +59,8 @@ def default_registry() -> Registry:
 
 
 def build_registry(settings: Settings) -> Registry:
-    """The built-in kinds plus a ``model.<name>`` kind per servable model folder.
+    """The built-in kinds (with ``debug.echo`` if enabled) plus a ``model.<name>`` kind per
+    servable model folder.
 
     Model folders come from ``ASYNCML_MODELS_DIR`` and, unless turned off, the bundled
     examples; a folder that cannot be served is logged and skipped.
@@ -67,6 +68,11 @@ def build_registry(settings: Settings) -> Registry:
     from asyncml.models import model_kinds
 
     registry = default_registry()
+    if settings.debug_kinds:
+        from asyncml.tasks.debug import DEBUG_KINDS
+
+        for kind in DEBUG_KINDS:
+            registry.add(kind)
     for kind in model_kinds(settings):
         registry.add(kind)
     return registry

@@ -261,6 +261,11 @@ class Settings(BaseSettings):
         description="Port of a worker's own Prometheus exporter; 0: none (under asyncml up "
         "the API's /metrics shows the workers' series).",
     )
+    debug_kinds: bool = Field(
+        default=False,
+        description="Serve debug.echo (returns its input): what benchmarks use to measure "
+        "the platform's own cost per task.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="text for people, json for one JSON object a line."
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -8,7 +10,7 @@ from asyncml.api import create_app
 from asyncml.engine import make_celery
 from asyncml.errors import UnknownKind
 from asyncml.kinds import Limits, TaskContext, TaskKind, task_kind
-from asyncml.registry import Registry, default_registry
+from asyncml.registry import Registry, build_registry, default_registry
 from asyncml.settings import Settings
 
 
@@ -103,3 +105,16 @@ def test_production_broker_uses_publisher_confirms(settings: Settings) -> None:
     conf = make_celery(prod, default_registry()).conf
     assert conf.broker_transport_options["confirm_publish"] is True
     assert conf.broker_url.startswith("amqp://")
+
+
+def test_debug_echo_is_served_only_when_enabled(tmp_path: Path) -> None:
+    off = Settings(_env_file=None, data_dir=tmp_path / "off")
+    on = Settings(_env_file=None, data_dir=tmp_path / "on", debug_kinds=True)
+    assert "debug.echo" not in build_registry(off)
+    with TestClient(create_app(off)) as client:
+        assert client.post("/v1/tasks/debug.echo", json={"payload": 1}).status_code == 404
+    kind = build_registry(on).get("debug.echo")
+    assert kind.queue == "debug"
+    assert kind.run({"payload": {"a": [1, 2]}}, TaskContext(on)) == {"payload": {"a": [1, 2]}}
+    with TestClient(create_app(on)) as client:
+        assert client.post("/v1/tasks/debug.echo", json={"payload": 1}).status_code == 202
