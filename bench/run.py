@@ -51,11 +51,6 @@ DEADLINE_S = 15.0  # wall-clock cap of one measured run
 # Burst runs submit everything, then wait: sized so the backlog drains in about 15 s.
 BURST_COUNT = {"embedded": 300, "rabbitmq+redis": 1500}
 LOADGEN_BOUND = 0.85  # generator CPU / wall time above which a run measures the generator
-WARM_DATES = 40  # dates the overhead scenario asks for again and again
-STAND_IN = (
-    "euro.results on cached dates stands in for the overhead scenario until a debug.echo "
-    "kind exists (see bench/README.md, Needed from the service)"
-)
 
 console = Console(highlight=False, width=max(120, shutil.get_terminal_size().columns))
 
@@ -396,32 +391,32 @@ class Context:
 
 
 def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
-    dates = draw_dates()[:WARM_DATES]
+    """debug.echo (ASYNCML_DEBUG_KINDS=true): no I/O and no cache, the platform's own cost."""
 
     def make_input(i: int) -> dict[str, Any]:
-        return {"draw_date": dates[i % len(dates)]}
+        return {"payload": {"i": i}}
 
-    with started(ctx.stack(engine, ctx.euro_env())) as stack:
-        warm(stack, "euro.results", make_input, len(dates))
+    with started(ctx.stack(engine, {})) as stack:
+        warm(stack, "debug.echo", make_input, 40)
         polled = measure(
             stack,
-            _load(stack, "euro.results", make_input),
-            name="overhead (euro.results, cached): submit, then long-poll",
+            _load(stack, "debug.echo", make_input),
+            name="overhead (debug.echo): submit, then long-poll",
             engine=engine,
-            kind="euro.results",
+            kind="debug.echo",
         )
         waited = measure(
             stack,
-            _load(stack, "euro.results", make_input, prefer_wait_s=10),
+            _load(stack, "debug.echo", make_input, prefer_wait_s=10),
             name="overhead, submit with Prefer: wait=10",
             engine=engine,
-            kind="euro.results",
+            kind="debug.echo",
         )
         burst = measure(
             stack,
             _load(
                 stack,
-                "euro.results",
+                "debug.echo",
                 make_input,
                 count=BURST_COUNT[engine],
                 burst=True,
@@ -429,11 +424,11 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
             ),
             name=f"overhead, burst of {BURST_COUNT[engine]}: submit all, then wait",
             engine=engine,
-            kind="euro.results",
+            kind="debug.echo",
             burst=True,
         )
     runs = [ctx.with_ratios(polled), ctx.with_ratios(waited), ctx.with_ratios(burst)]
-    return {"note": STAND_IN, "runs": runs}
+    return {"runs": runs}
 
 
 def scenario_embedded(ctx: Context) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from processes import ServiceProcess, service_env, wait_until_ready  # noqa: E40
 from procstats import Meter  # noqa: E402
 from services import RabbitMQServer, RedisServer, free_ports  # noqa: E402
 
-QUEUES = "audio,euro,webhooks"  # no models queue: ASYNCML_MODELS_BUNDLED=false
+QUEUES = "audio,euro,debug,webhooks"  # no models queue: ASYNCML_MODELS_BUNDLED=false
 WORKER_CONCURRENCY = 2
 
 # Every guard that would shape the load rather than measure the service is lifted: the
@@ -38,6 +38,7 @@ BENCH_SERVICE_ENV = {
     "ASYNCML_MAX_UNFINISHED_PER_KEY": "0",
     "ASYNCML_FETCH_ALLOW_LOOPBACK": "true",
     "ASYNCML_MODELS_BUNDLED": "false",
+    "ASYNCML_DEBUG_KINDS": "true",  # debug.echo, the overhead scenario's kind
 }
 
 
