@@ -6,6 +6,7 @@ task running exactly as long as it needs, with no sleeps.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,14 @@ class FixtureServer:
                     self.send_error(404)
                     return
                 data = path.read_bytes()
-                self.send_response(200)
+                wanted = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+                if wanted:  # as most file servers and CDNs do
+                    first, last = int(wanted[1]), min(int(wanted[2]), len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+                    data = data[first : last + 1]
+                else:
+                    self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -224,6 +224,55 @@ class _RiffData:
     block_align: int
 
 
+_PCM_CODECS = (1, 3, 0xFFFE)  # integer PCM, IEEE float, WAVE_FORMAT_EXTENSIBLE
+
+
+def probe_wav_head(head: bytes, total_size: int) -> AudioInfo | None:
+    """The length of an uncompressed WAV from its first bytes and the file's full size.
+
+    For a fetch that asks only for the head of the file (an HTTP Range request): the
+    ``data`` chunk's declared size gives the frames, checked against ``total_size`` (what
+    the server says the file holds) so a file shorter than its header claims is still
+    ``AudioTruncated``. None when the head does not settle it (not a little-endian RIFF
+    WAVE of PCM or float samples, no ``data`` chunk in the head, a streaming writer's size
+    of 0 or 0xFFFFFFFF): the caller then downloads the file and probes it whole.
+    """
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    codec = channels = rate = block_align = 0
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk_id = head[pos : pos + 4]
+        (chunk_size,) = struct.unpack("<I", head[pos + 4 : pos + 8])
+        if chunk_id == b"fmt " and pos + 8 + 14 <= len(head):
+            codec, channels, rate, _, block_align = struct.unpack(
+                "<HHIIH", head[pos + 8 : pos + 22]
+            )
+        elif chunk_id == b"data":
+            if codec not in _PCM_CODECS or block_align <= 0 or chunk_size in (0, 0xFFFFFFFF):
+                return None
+            if not (0 < rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS):
+                raise AudioNotAudio(
+                    f"WAV header gives an implausible {rate} Hz and {channels} channels"
+                )
+            present = total_size - (pos + 8)
+            if chunk_size > present:
+                raise AudioTruncated(
+                    f"the WAV file is truncated: its header claims {chunk_size} bytes of "
+                    f"audio, the file holds {max(0, present)}"
+                )
+            frames = chunk_size // block_align
+            return AudioInfo(
+                duration_s=frames / rate,
+                sample_rate=rate,
+                channels=channels,
+                frames=frames,
+                format="WAV",
+            )
+        pos += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
 def _riff_data_chunk(path: Path, size: int) -> _RiffData | None:
     """Walk the RIFF/RIFX/RF64 chunks to the ``data`` chunk.
 

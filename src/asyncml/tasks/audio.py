@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, HttpUrl
 
+from asyncml.errors import FetchBlocked, FetchError
 from asyncml.kinds import Classic, Limits, TaskContext, task_kind
+
+if TYPE_CHECKING:
+    from asyncml.tasks._probe import AudioInfo
 
 # Each download lives in a folder named for the worker process that made it, so the folders
 # of a process that was killed mid-task can be told apart and removed.
@@ -36,6 +44,42 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+HEAD_BYTES = 64 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes 0-(\d+)/(\d+)$")
+_COMPRESSED = {".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac"}
+
+
+def _probe_head(ctx: TaskContext, url: str) -> AudioInfo | None:
+    """Ask for the first 64 KiB only (HTTP Range); the length if the head settles it.
+
+    An uncompressed WAV's header says how much audio follows, and the server's
+    ``Content-Range`` says how much there is: a 300 s file costs one small request instead
+    of a 50 MB download. Anything else (a server that ignores Range, a compressed format, a
+    head that does not settle it, any error) returns None and the whole file is fetched,
+    which reports errors as usual. A refused destination is refused here already.
+    """
+    from asyncml.tasks._probe import probe_audio, probe_wav_head
+
+    if PurePosixPath(urlsplit(url).path).suffix.lower() in _COMPRESSED:
+        return None  # their length is not in the head: fetch the whole file at once
+    fetcher = dataclasses.replace(ctx.fetcher, max_bytes=HEAD_BYTES)
+    try:
+        got = fetcher.get(url, headers={"Range": f"bytes=0-{HEAD_BYTES - 1}"})
+    except FetchBlocked:
+        raise
+    except FetchError:
+        return None  # e.g. a server that ignored Range and sent more than the head
+    match = _CONTENT_RANGE.match(got.headers.get("content-range", ""))
+    if got.status_code == 206 and match is not None:
+        return probe_wav_head(got.content, int(match.group(2)))
+    if got.status_code == 200 and got.content:  # the whole file fitted in the head's budget
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
+            whole = Path(tmp) / "audio"
+            whole.write_bytes(got.content)
+            return probe_audio(whole)
+    return None
 
 
 class AudioLengthIn(BaseModel):
@@ -65,9 +109,11 @@ def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
     """
     from asyncml.tasks._probe import probe_audio  # soundfile loads only in workers
 
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
-        downloaded = ctx.fetcher.download(str(inp.audio_url), Path(tmp) / "audio")
-        info = probe_audio(downloaded.path)
+    info = _probe_head(ctx, str(inp.audio_url))
+    if info is None:
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
+            downloaded = ctx.fetcher.download(str(inp.audio_url), Path(tmp) / "audio")
+            info = probe_audio(downloaded.path)
     return AudioLengthOut(
         audio_length=info.duration_s,
         sample_rate=info.sample_rate,
