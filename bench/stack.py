@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -42,10 +43,23 @@ BENCH_SERVICE_ENV = {
 }
 
 
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up early (it had the bytes it wanted) is not news."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FixtureServer:
     """Results pages at /results/{date} and files of `files_dir` at /files/{name}, on loopback.
 
     Pages answer every date with the same draw: the parser checks shape, not which draw.
+    Files honour a single `Range: bytes=a-b`, as any static file server or object store does.
     """
 
     def __init__(self, files_dir: Path | None = None) -> None:
@@ -71,7 +85,16 @@ class FixtureServer:
                 if body is None:
                     self.send_error(404)
                     return
-                self.send_response(200)
+                wanted = _RANGE.match(self.headers.get("Range", ""))
+                status, total = 200, len(body)
+                if wanted and int(wanted[1]) < total and self.path.startswith("/files/"):
+                    first = int(wanted[1])
+                    last = min(int(wanted[2]) if wanted[2] else total - 1, total - 1)
+                    body, status = body[first : last + 1], 206
+                self.send_response(status)
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+                self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -81,8 +104,7 @@ class FixtureServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
