@@ -45,6 +45,7 @@ from asyncml.store.records import TaskRecord
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LONG_POLL_S = 30.0  # the server's cap on ?wait=
+MAP_BATCH = 100  # inputs ``map`` sends in one batch request
 _MAX_RETRY_AFTER_S = 60.0
 
 
@@ -284,7 +285,7 @@ class Client:
     def submit_batch(self, kind: str, inputs: Iterable[Mapping[str, Any]]) -> list[Task]:
         """Queue many inputs in one request (all or nothing); the tasks in input order."""
         body = {"inputs": [dict(i) for i in inputs]}
-        answer = self._request("POST", f"/v1/tasks/{kind}/batch", json=body)
+        answer = self._request("POST", f"/v1/tasks/{kind}/batch", json=body, headers=_idempotent())
         return [Task.model_validate(t) for t in answer["tasks"]]
 
     def wait(self, task_id: str, timeout: float | None = None) -> Task:
@@ -321,21 +322,28 @@ class Client:
         # Each task in flight holds a pooled connection while it long-polls.
         width = max(1, min(concurrency, self.max_connections))
 
-        def one(item: dict[str, Any]) -> Task:
-            return self.wait(self.submit(kind, **item).id, timeout=timeout)
-
         context: AbstractContextManager[Any] = bar if bar is not None else nullcontext()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=width)
+        pending = iter(items)
+
+        def refill(free: int) -> set[concurrent.futures.Future[Task]]:
+            """Fill the free slots with one batch request, and wait on each of its tasks."""
+            chunk = list(itertools.islice(pending, min(free, MAP_BATCH)))
+            if not chunk:
+                return set()
+            return {
+                pool.submit(self.wait, task.id, timeout) for task in self.submit_batch(kind, chunk)
+            }
+
         try:
             with context:
-                pending = iter(items)
-                running = {pool.submit(one, item) for item in itertools.islice(pending, width)}
+                running = refill(width)
                 while running:
                     done, running = concurrent.futures.wait(
                         running, return_when=concurrent.futures.FIRST_COMPLETED
                     )
+                    running |= refill(width - len(running))
                     for future in done:
-                        running |= {pool.submit(one, i) for i in itertools.islice(pending, 1)}
                         if bar is not None:
                             bar.advance(bar.task_ids[0])
                         yield future.result()
@@ -415,7 +423,9 @@ class AsyncClient:
 
     async def submit_batch(self, kind: str, inputs: Iterable[Mapping[str, Any]]) -> list[Task]:
         body = {"inputs": [dict(i) for i in inputs]}
-        answer = await self._request("POST", f"/v1/tasks/{kind}/batch", json=body)
+        answer = await self._request(
+            "POST", f"/v1/tasks/{kind}/batch", json=body, headers=_idempotent()
+        )
         return [Task.model_validate(t) for t in answer["tasks"]]
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
@@ -445,22 +455,29 @@ class AsyncClient:
     ) -> AsyncIterator[Task]:
         items = [dict(i) for i in inputs]
         bar = _progress(len(items), progress, kind)
-        slots = asyncio.Semaphore(max(1, min(concurrency, self.max_connections)))
+        width = max(1, min(concurrency, self.max_connections))
+        pending = iter(items)
 
-        async def one(item: dict[str, Any]) -> Task:
-            async with slots:
-                task = await self.submit(kind, **item)
-                return await self.wait(task.id, timeout=timeout)
+        async def refill(free: int) -> set[asyncio.Future[Task]]:
+            """Fill the free slots with one batch request, and wait on each of its tasks."""
+            chunk = list(itertools.islice(pending, min(free, MAP_BATCH)))
+            if not chunk:
+                return set()
+            tasks = await self.submit_batch(kind, chunk)
+            return {asyncio.ensure_future(self.wait(t.id, timeout=timeout)) for t in tasks}
 
         context: AbstractContextManager[Any] = bar if bar is not None else nullcontext()
+        running: set[asyncio.Future[Task]] = set()
         with context:
-            pending = [asyncio.ensure_future(one(item)) for item in items]
             try:
-                for next_done in asyncio.as_completed(pending):
-                    task = await next_done
-                    if bar is not None:
-                        bar.advance(bar.task_ids[0])
-                    yield task
+                running = await refill(width)
+                while running:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    running |= await refill(width - len(running))
+                    for future in done:
+                        if bar is not None:
+                            bar.advance(bar.task_ids[0])
+                        yield future.result()
             finally:
-                for future in pending:
+                for future in running:
                     future.cancel()

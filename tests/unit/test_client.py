@@ -4,6 +4,7 @@ finished by writing the store as a worker would."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -18,6 +19,7 @@ from asyncml.errors import (
     TaskConflict,
     TaskFailed,
     TaskNotFound,
+    TaskTimeout,
     UnknownKind,
 )
 from asyncml.settings import Settings
@@ -226,6 +228,19 @@ def _fake_server(submitted: list[str]) -> httpx.MockTransport:
 
     def handle(request: httpx.Request) -> httpx.Response:
         now = "2026-01-01T00:00:00+00:00"
+        if request.method == "POST" and request.url.path.endswith("/batch"):
+            tasks = []
+            for item in json.loads(request.content)["inputs"]:
+                submitted.append(json.dumps(item))
+                tasks.append(
+                    {
+                        "id": f"t{len(submitted)}",
+                        "kind": "k.x",
+                        "status": "QUEUED",
+                        "submitted_at": now,
+                    }
+                )
+            return httpx.Response(202, json={"tasks": tasks})
         if request.method == "POST":
             submitted.append(request.content.decode())
             task_id = f"t{len(submitted)}"
@@ -314,3 +329,32 @@ async def test_submit_batch_returns_one_task_per_input_in_order(
     assert [t.status for t in tasks] == [TaskStatus.QUEUED] * 3
     assert len({t.id for t in tasks}) == 3
     assert [t.id for t in again] == [t.id for t in tasks]
+
+
+async def test_map_submits_in_batch_requests(app_transport: httpx.ASGITransport) -> None:
+    posts: list[str] = []
+
+    class Recording(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                posts.append(request.url.path)
+            return await app_transport.handle_async_request(request)
+
+    async with AsyncClient("http://testserver", transport=Recording()) as client:
+        inputs = [{"audio_url": f"http://audio.example/{i}.wav"} for i in range(6)]
+        with pytest.raises(TaskTimeout):  # no worker here: nothing finishes
+            async for _ in client.map("audio.length", inputs, timeout=0.2, progress=False):
+                pass
+    assert posts == ["/v1/tasks/audio.length/batch"]  # one request for six inputs
+
+
+async def test_batch_replay_with_the_same_idempotency_key_returns_the_same_tasks(
+    app_transport: httpx.ASGITransport,
+) -> None:
+    body = {"inputs": [{"audio_url": "http://audio.example/a.wav"}] * 2}
+    headers = {"Idempotency-Key": "batch-1"}
+    async with httpx.AsyncClient(transport=app_transport, base_url="http://t") as http:
+        first = await http.post("/v1/tasks/audio.length/batch", json=body, headers=headers)
+        again = await http.post("/v1/tasks/audio.length/batch", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert [t["id"] for t in first.json()["tasks"]] == [t["id"] for t in again.json()["tasks"]]

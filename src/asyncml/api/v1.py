@@ -200,25 +200,46 @@ def _batch_route(router: APIRouter, kind: TaskKind[Any, Any], settings: Settings
         body: Annotated[batch_model, Body()],
         services: ServicesDep,
         caller: CallerDep,
+        response: Response,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=200,
+                description="Send the same key with the same batch again (within 24 h) to get "
+                "the original tasks back instead of new ones.",
+            ),
+        ] = None,
     ) -> BatchAccepted:
-        """All or nothing: if the broker fails part-way, the tasks already queued are
+        """All or nothing: if the broker fails part-way, the tasks this request queued are
         cancelled (they will not run) and the answer is 503."""
         url = body.callback_url  # type: ignore[attr-defined]  # fields of batch_model
         events = body.callback_events  # type: ignore[attr-defined]
         callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
         accepted: list[TaskRecord] = []
+        created: list[TaskRecord] = []
         try:
-            for one in body.inputs:  # type: ignore[attr-defined]
-                record, _ = await services.submit(kind, one, caller=caller, callback=callback)
+            for i, one in enumerate(body.inputs):  # type: ignore[attr-defined]
+                record, replayed = await services.submit(
+                    kind,
+                    one,
+                    caller=caller,
+                    callback=callback,
+                    idempotency_key=None if idempotency_key is None else f"{idempotency_key}#{i}",
+                )
                 accepted.append(record)
+                if not replayed:
+                    created.append(record)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                for record in accepted:
+                for record in created:
                     try:
                         await services.store.cancel(record.id, utcnow())
                     except ServiceUnavailable:
                         log.error("batch: task %s queued and not cancelled", record.id)
             raise
+        if accepted and not created:
+            response.status_code = status.HTTP_200_OK  # a replay: nothing new was queued
         return BatchAccepted(tasks=accepted)
 
     router.add_api_route(
@@ -232,7 +253,8 @@ def _batch_route(router: APIRouter, kind: TaskKind[Any, Any], settings: Settings
         operation_id=f"submit_batch_{kind.name.replace('.', '_')}",
         tags=[kind.family],
         responses={
-            422: {"description": "An input does not fit (its index is in `errors`); none queued."}
+            200: {"description": "Replay of an Idempotency-Key: the original tasks."},
+            422: {"description": "An input does not fit (its index is in `errors`); none queued."},
         },
     )
 
