@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -35,6 +36,10 @@ class Sample:
     submit_end: float
     seen: float | None = None
     status: str | None = None
+    # From the final record's timestamps (server clocks, same machine), in milliseconds.
+    queue_wait_ms: float | None = None
+    run_ms: float | None = None
+    after_finish_ms: float | None = None
 
 
 @dataclass
@@ -69,6 +74,15 @@ class LoadResult:
             "latency_ms": percentiles(latencies),
             "submit_ms": percentiles(submit_ms),
             "errors": dict(sorted(self.errors.items())),
+            "breakdown_ms": {
+                "queue_wait": percentiles(
+                    [s.queue_wait_ms for s in done if s.queue_wait_ms is not None]
+                ),
+                "run": percentiles([s.run_ms for s in done if s.run_ms is not None]),
+                "after_finish": percentiles(
+                    [s.after_finish_ms for s in done if s.after_finish_ms is not None]
+                ),
+            },
         }
 
 
@@ -82,6 +96,32 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
         return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)], 2)
 
     return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": round(ordered[-1], 2)}
+
+
+def _timestamp(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _breakdown(sample: Sample, record: dict[str, Any], *, seen_wall: float) -> None:
+    """Split the latency with the record's own times: queued, running, and until seen.
+
+    "after_finish" is how long the client took to learn of the result: long-poll
+    back-off, the response's way back, and for bursts the wait for its turn to be polled.
+    """
+    submitted = _timestamp(record.get("submitted_at"))
+    started = _timestamp(record.get("started_at"))
+    finished = _timestamp(record.get("finished_at"))
+    if submitted is not None and started is not None:
+        sample.queue_wait_ms = (started - submitted) * 1000
+    if started is not None and finished is not None:
+        sample.run_ms = (finished - started) * 1000
+    if finished is not None:
+        sample.after_finish_ms = (seen_wall - finished) * 1000
 
 
 def _error_kind(response: httpx.Response) -> str:
@@ -167,6 +207,7 @@ async def run_load(
                 return
             record = response.json()
         sample.seen = time.perf_counter()
+        _breakdown(sample, record, seen_wall=time.time())
         sample.status = record["status"]
         if record["status"] != "SUCCESS":
             error = record.get("error") or {}

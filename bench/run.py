@@ -537,6 +537,14 @@ def _rows(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("submit request p50 / p99 ms", f"{_ms(sub['p50'])} / {_ms(sub['p99'])}"),
         ("errors", ", ".join(f"{k} {v}" for k, v in run["errors"].items()) or "0"),
     ]
+    parts = run.get("breakdown_ms", {})
+    if any(p["p50"] is not None for p in parts.values()):
+        rows.append(
+            (
+                "p50 ms: queued / running / until seen",
+                " / ".join(_ms(parts[k]["p50"]) for k in ("queue_wait", "run", "after_finish")),
+            )
+        )
     for role, p in run["processes"].items():
         rows.append(
             (
