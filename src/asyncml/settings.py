@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
     )
     embedded_poll_interval_s: float = Field(
-        default=0.1, gt=0, le=5, description="How often embedded workers poll SQLite for work."
+        default=0.02, gt=0, le=5, description="How often embedded workers poll SQLite for work."
     )
     publish_timeout_s: float = Field(
         default=5.0,

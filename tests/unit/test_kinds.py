@@ -95,7 +95,7 @@ def test_engine_is_configured_for_reliability(settings: Settings) -> None:
     conf = make_celery(settings, default_registry()).conf
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
-    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_prefetch_multiplier == 8  # embedded: polled, see EMBEDDED_PREFETCH
     assert conf.result_expires == 48 * 3600
     assert all(q.durable for q in conf.task_queues)
 
@@ -105,6 +105,7 @@ def test_production_broker_uses_publisher_confirms(settings: Settings) -> None:
     conf = make_celery(prod, default_registry()).conf
     assert conf.broker_transport_options["confirm_publish"] is True
     assert conf.broker_url.startswith("amqp://")
+    assert conf.worker_prefetch_multiplier == 1  # a message waits for a free worker
 
 
 def test_debug_echo_is_served_only_when_enabled(tmp_path: Path) -> None:

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_QUEUE = "webhooks"
 DELIVER_TASK = "asyncml.webhooks.deliver"
+# The embedded broker is polled: a worker that holds only the messages it runs waits a
+# polling interval for the next one after each task. Holding a few more keeps its pool
+# busy; a worker that dies leaves them to the next start's recovery (one host only).
+EMBEDDED_PREFETCH = 8
 NOTICE_ID_PREFIX = "notice:"
 
 
@@ -69,7 +73,7 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "task_acks_on_failure": True,
         "task_acks_on_timeout": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": EMBEDDED_PREFETCH if embedded else 1,
         "task_ignore_result": True,
         "result_expires": settings.result_ttl_s,
         "worker_hijack_root_logger": False,
