@@ -133,21 +133,22 @@ def _load(
     kind: str,
     make_input: Callable[[int], dict[str, Any]],
     *,
-    count: int = COUNT,
-    deadline_s: float = DEADLINE_S,
-    concurrency: int = CONCURRENCY,
+    count: int | None = None,
+    deadline_s: float | None = None,
+    concurrency: int | None = None,
     prefer_wait_s: int = 0,
     burst: bool = False,
     drain_s: float = 10.0,
 ) -> Callable[[], LoadResult]:
+    """A measured load; unset bounds are the run's (--clients, --seconds) at call time."""
     return lambda: asyncio.run(
         run_load(
             stack.base_url,
             kind,
             make_input,
-            count=count,
-            concurrency=concurrency,
-            deadline_s=deadline_s,
+            count=COUNT if count is None else count,
+            concurrency=CONCURRENCY if concurrency is None else concurrency,
+            deadline_s=DEADLINE_S if deadline_s is None else deadline_s,
             prefer_wait_s=prefer_wait_s,
             burst=burst,
             drain_s=drain_s,
@@ -603,6 +604,7 @@ def _context(keep: Path | None) -> Iterator[Context]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CONCURRENCY, DEADLINE_S  # the run's bounds, read by every scenario
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "scenarios", nargs="*", help=f"any of {', '.join([*SCENARIOS, *ALIASES])}; default: all"
@@ -617,10 +619,22 @@ def main(argv: list[str] | None = None) -> int:
         "--engine",
         choices=["rabbitmq+redis", "embedded"],
         default="rabbitmq+redis",
-        help="engine of the euro and audio scenarios (default: rabbitmq+redis, whose "
-        "engine is not the bottleneck; the embedded one polls)",
+        help="engine of the euro and audio scenarios (default: rabbitmq+redis, the "
+        "production shape)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=CONCURRENCY, help=f"closed-loop clients ({CONCURRENCY})"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=DEADLINE_S,
+        help=f"wall-clock cap of one measured run ({DEADLINE_S:g}); at most 60",
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.clients <= 256 or not 1 <= args.seconds <= 60:
+        parser.error("--clients must be 1-256 and --seconds 1-60: runs stay bounded")
+    CONCURRENCY, DEADLINE_S = args.clients, args.seconds
     chosen: list[str] = []
     for name in args.scenarios or list(SCENARIOS):
         if name not in SCENARIOS and name not in ALIASES:
@@ -644,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             outcome = SCENARIOS[name](ctx)
             line = {"scenario": name, "machine": machine(), **outcome}
+            line["load"] = {
+                "clients": CONCURRENCY,
+                "max_tasks": COUNT,
+                "seconds": DEADLINE_S,
+                "worker_processes": WORKER_CONCURRENCY,
+            }
             line["scenario_s"] = round(time.monotonic() - began, 1)
             print(json.dumps(line), flush=True)
             print_table(name, outcome)
