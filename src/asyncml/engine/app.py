@@ -80,7 +80,9 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "worker_enable_remote_control": not embedded,
         "worker_send_task_events": not embedded,
-        "task_send_sent_event": not embedded,
+        # No task-sent event from the API: one more publish per submission, and Flower
+        # learns of each task from the worker's task-received event anyway.
+        "task_send_sent_event": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_channel_error_retry": True,
     }

@@ -6,7 +6,10 @@ that lands between the read and the wait is never missed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -33,6 +36,8 @@ from asyncml.store.records import (
     TaskRecord,
     TaskStatus,
 )
+
+log = logging.getLogger(__name__)
 
 _PREFIX = "asyncml:task:"
 _CHANNEL_PREFIX = "asyncml:done:"
@@ -476,6 +481,8 @@ class AsyncRedisTaskStore:
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         self._r = aioredis.Redis.from_url(url, **_client_options(), retry=_async_retry())
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
         self._cancel = self._r.register_script(_CANCEL)
         self._create = self._r.register_script(_CREATE)
         self._delete = self._r.register_script(_DELETE)
@@ -573,23 +580,61 @@ class AsyncRedisTaskStore:
         return Cancelled(await self.get(task_id), done=before == b"QUEUED")
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """Register for the task's finish notice, then read the record (a finish that lands
+        in between is seen in the record or by the notice), then wait for the notice. The
+        record is also re-read every second, so a notice lost while the listener
+        reconnects (a Redis restart) costs at most a second."""
         deadline = time.monotonic() + timeout_s
+        self._ensure_listener()
+        loop = asyncio.get_running_loop()
+        notice: asyncio.Future[None] = loop.create_future()
+        self._waiters.setdefault(task_id, set()).add(notice)
         try:
-            async with self._r.pubsub() as pubsub:
-                await pubsub.subscribe(_channel(task_id))
+            record = await self.get(task_id)
+            while record is not None and not record.final:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(asyncio.shield(notice), min(remaining, 1.0))
+                except TimeoutError:
+                    pass
                 record = await self.get(task_id)
-                while record is not None and not record.final:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=remaining
-                    )
-                    if message is not None:
-                        record = await self.get(task_id)
-                return record
-        except RedisError as exc:
-            raise _unavailable(exc) from exc
+            return record
+        finally:
+            waiting = self._waiters.get(task_id)
+            if waiting is not None:
+                waiting.discard(notice)
+                if not waiting:
+                    del self._waiters[task_id]
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """One subscription per API process to every task's finish channel; each notice
+        wakes the requests waiting on that task. (A subscription per waiting request would
+        cost a Redis connection each: pub/sub connections are closed, not pooled.)"""
+        while True:
+            try:
+                async with self._r.pubsub() as pubsub:
+                    await pubsub.psubscribe(_CHANNEL_PREFIX + "*")
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is None or message.get("type") != "pmessage":
+                            continue
+                        channel = _decode(message["channel"])
+                        for notice in self._waiters.get(channel[len(_CHANNEL_PREFIX) :], ()):
+                            if not notice.done():
+                                notice.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone: waiters fall back to their 1 s re-read
+                log.warning("finish notices unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
 
     async def claim_key(
         self, key: str, fingerprint: str, task_id: str, ttl_s: int
@@ -620,4 +665,8 @@ class AsyncRedisTaskStore:
             raise _unavailable(exc) from exc
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
         await self._r.aclose()
