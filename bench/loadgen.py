@@ -237,3 +237,90 @@ async def run_load(
             await asyncio.gather(*(drain_loop(client) for _ in range(concurrency)))
         result.ended = time.perf_counter()
     return result
+
+
+async def run_open_loop(
+    base_url: str,
+    kind: str,
+    make_input: Callable[[int], dict[str, Any]],
+    *,
+    rate_per_s: float,
+    duration_s: float,
+    prefer_wait_s: int = 0,
+    drain_s: float = 10.0,
+    max_in_flight: int = 256,
+) -> LoadResult:
+    """Open loop: start one task every 1/`rate_per_s` s (even spacing) for `duration_s`.
+
+    Arrivals do not wait for earlier tasks (unlike `run_load`), so latency is measured at a
+    fixed offered load, as a service sees independent clients. Each task is submitted, then
+    long-polled until final (or `Prefer: wait=N` on submit). Arrivals while `max_in_flight`
+    tasks are open are dropped and counted as `dropped:max_in_flight` (a bounded generator).
+    """
+    if not base_url.startswith(("http://127.", "http://localhost")):
+        raise ValueError(f"the load generator talks to loopback only, not {base_url}")
+    if rate_per_s <= 0:
+        raise ValueError("rate_per_s must be positive")
+    result = LoadResult(stopped_by="duration")
+    headers = {"Prefer": f"wait={prefer_wait_s}"} if prefer_wait_s else {}
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    timeout = httpx.Timeout(LONG_POLL_S + 10.0)
+    interval = 1.0 / rate_per_s
+    total = max(1, int(duration_s * rate_per_s))
+    in_flight = 0
+
+    async def one_task(client: httpx.AsyncClient, index: int, drained: float) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+        result.samples.append(sample)
+        try:
+            response = await client.post(
+                f"/v1/tasks/{kind}", json=make_input(index), headers=headers
+            )
+            sample.submit_end = time.perf_counter()
+            result.requests += 1
+            if response.status_code not in (200, 202):
+                result.errors[f"submit:{_error_kind(response)}"] += 1
+                return
+            record = response.json()
+            while record.get("status") not in FINAL:
+                remaining = drained - time.perf_counter()
+                if remaining <= 0:
+                    result.errors["unfinished"] += 1
+                    return
+                wait = max(1, min(LONG_POLL_S, math.floor(remaining)))
+                response = await client.get(f"/v1/tasks/{record['id']}", params={"wait": wait})
+                result.requests += 1
+                if response.status_code != 200:
+                    result.errors[f"poll:{_error_kind(response)}"] += 1
+                    return
+                record = response.json()
+            sample.seen = time.perf_counter()
+            _breakdown(sample, record, seen_wall=time.time())
+            sample.status = record["status"]
+            if record["status"] != "SUCCESS":
+                error = record.get("error") or {}
+                result.errors[f"task:{record['status']}:{error.get('type', '?')}"] += 1
+        except httpx.HTTPError as exc:
+            sample.submit_end = sample.submit_end or time.perf_counter()
+            result.errors[f"http:{type(exc).__name__}"] += 1
+        finally:
+            in_flight -= 1
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+        result.started = time.perf_counter()
+        drained = result.started + duration_s + drain_s
+        tasks: list[asyncio.Task[None]] = []
+        for index in range(total):
+            due = result.started + index * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= max_in_flight:
+                result.errors["dropped:max_in_flight"] += 1
+                continue
+            tasks.append(asyncio.create_task(one_task(client, index, drained)))
+        await asyncio.gather(*tasks)
+        result.ended = time.perf_counter()
+    return result

@@ -25,7 +25,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from loadgen import LoadResult, Sample, run_load
+from loadgen import LoadResult, Sample, run_load, run_open_loop
 from procstats import Meter, own_cpu_s
 from rich.console import Console
 from rich.table import Table
@@ -50,6 +50,8 @@ COUNT = 5000  # tasks per measured run, at most
 DEADLINE_S = 15.0  # wall-clock cap of one measured run
 # Burst runs submit everything, then wait: sized so the backlog drains in about 15 s.
 BURST_COUNT = {"embedded": 300, "rabbitmq+redis": 1500}
+# Issue #7: p50 submit -> result seen at 25 % of the closed-loop throughput.
+LATENCY_25_LIMIT_MS = {"embedded": 100.0, "rabbitmq+redis": 15.0}
 LOADGEN_BOUND = 0.85  # generator CPU / wall time above which a run measures the generator
 
 console = Console(highlight=False, width=max(120, shutil.get_terminal_size().columns))
@@ -154,6 +156,44 @@ def _load(
             drain_s=drain_s,
         )
     )
+
+
+def _open(
+    stack: Stack,
+    kind: str,
+    make_input: Callable[[int], dict[str, Any]],
+    *,
+    rate_per_s: float,
+    duration_s: float = 10.0,
+    prefer_wait_s: int = 0,
+) -> Callable[[], LoadResult]:
+    """An open-loop load at a fixed arrival rate (loadgen.run_open_loop)."""
+    return lambda: asyncio.run(
+        run_open_loop(
+            stack.base_url,
+            kind,
+            make_input,
+            rate_per_s=rate_per_s,
+            duration_s=duration_s,
+            prefer_wait_s=prefer_wait_s,
+        )
+    )
+
+
+def target(
+    run: dict[str, Any], name: str, value: float | None, limit: float, *, at_most: bool
+) -> dict[str, Any]:
+    """Record one target of issue #7/#10 on `run`: PASS when value <= (or >=) limit."""
+    ok = value is not None and (value <= limit if at_most else value >= limit)
+    entry = {
+        "target": name,
+        "value": value,
+        "limit": limit,
+        "op": "<=" if at_most else ">=",
+        "result": "PASS" if ok else "MISS",
+    }
+    run.setdefault("targets", []).append(entry)
+    return entry
 
 
 def warm(stack: Stack, kind: str, make_input: Callable[[int], dict[str, Any]], n: int) -> None:
@@ -413,6 +453,30 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
             engine=engine,
             kind="debug.echo",
         )
+        # Issue #7: p50 at a load of 25 % of the closed-loop throughput measured just before.
+        peak = polled["tasks_per_s"] or 1.0
+        if engine == "embedded":
+            target(polled, "tasks/s >= 100", polled["tasks_per_s"], 100, at_most=False)
+        rate = round(peak * 0.25, 1)
+        limit = LATENCY_25_LIMIT_MS[engine]
+        quarter = []
+        for prefer, label in ((0, "submit, then long-poll"), (10, "Prefer: wait=10")):
+            run = measure(
+                stack,
+                _open(stack, "debug.echo", make_input, rate_per_s=rate, prefer_wait_s=prefer),
+                name=f"overhead at 25 % load (open loop, {rate:g}/s): {label}",
+                engine=engine,
+                kind="debug.echo",
+                open_loop={"rate_per_s": rate, "of_tasks_per_s": peak, "fraction": 0.25},
+            )
+            target(
+                run,
+                f"p50 at 25 % load <= {limit} ms",
+                run["latency_ms"]["p50"],
+                limit,
+                at_most=True,
+            )
+            quarter.append(run)
         burst = measure(
             stack,
             _load(
@@ -429,6 +493,7 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
             burst=True,
         )
     runs = [ctx.with_ratios(polled), ctx.with_ratios(waited), ctx.with_ratios(burst)]
+    runs += [ctx.with_ratios(run) for run in quarter]
     return {"runs": runs}
 
 
@@ -470,8 +535,11 @@ def scenario_euro(ctx: Context) -> dict[str, Any]:
     return {"runs": runs}
 
 
-def _audio_input(base: str, name: str) -> Callable[[int], dict[str, Any]]:
-    return lambda i: {"audio_url": f"{base}/files/{name}"}
+LONG_WAV = "tone-300s.wav"
+
+
+def _audio_input(base: str, name: str, where: str = "files") -> Callable[[int], dict[str, Any]]:
+    return lambda i: {"audio_url": f"{base}/{where}/{name}"}
 
 
 def scenario_audio(ctx: Context) -> dict[str, Any]:
@@ -486,6 +554,7 @@ def scenario_audio(ctx: Context) -> dict[str, Any]:
                 write_audio(files_dir / name, seconds=seconds, format=fmt)
             names.append(name)
     runs = []
+    ranged: dict[str, Any] = {}
     with started(ctx.stack(ctx.engine, {})) as stack:
         first = f"{ctx.fixtures.url}/files/{names[0]}"
         warm(stack, "audio.length", lambda i: {"audio_url": first}, 8)
@@ -499,7 +568,73 @@ def scenario_audio(ctx: Context) -> dict[str, Any]:
                 kind="audio.length",
             )
             runs.append(ctx.with_ratios(run))
-    return {"runs": runs}
+            if name == LONG_WAV:
+                ranged = run
+        # The same 300 s WAV from a server that ignores Range: the service's fallback path,
+        # which downloads the whole file and reads its header with soundfile (no decode).
+        full = measure(
+            stack,
+            _load(
+                stack,
+                "audio.length",
+                _audio_input(ctx.fixtures.url, LONG_WAV, "files-norange"),
+                deadline_s=12,
+            ),
+            name=f"audio.length {LONG_WAV}, server ignores Range (full download)",
+            engine=stack.engine,
+            kind="audio.length",
+        )
+        runs.append(ctx.with_ratios(full))
+    decode_ms = _librosa_decode_ms(files_dir / LONG_WAV)
+    task_ms = ranged["breakdown_ms"]["run"]["p50"]
+    ranged["librosa_decode_ms"] = decode_ms
+    target(
+        ranged,
+        "librosa full decode / task running time (p50) >= 20",
+        round(decode_ms / task_ms, 1) if task_ms else None,
+        20,
+        at_most=False,
+    )
+    full_tps = full["tasks_per_s"]
+    target(
+        ranged,
+        "tasks/s with Range / tasks/s with full download >= 10",
+        round(ranged["tasks_per_s"] / full_tps, 2) if full_tps and ranged["tasks_per_s"] else None,
+        10,
+        at_most=False,
+    )
+    # The decode baseline: a worker that decoded the file with librosa per task could do at
+    # most (worker processes x 1000 / decode ms) tasks/s, with no platform cost at all.
+    decode_tps = round(WORKER_CONCURRENCY * 1000 / decode_ms, 2)
+    ranged["vs_decode_bound"] = (
+        round(ranged["tasks_per_s"] / decode_tps, 1) if ranged["tasks_per_s"] else None
+    )
+    note = (
+        f"{LONG_WAV}: librosa.load(sr=None) in-process median {decode_ms:.0f} ms "
+        f"(bound on {WORKER_CONCURRENCY} processes: {decode_tps:g} tasks/s); service task "
+        f"running p50 {_ms(task_ms)} ms; tasks/s with Range {_num(ranged['tasks_per_s'])}, "
+        f"full download {_num(full_tps)}; with Range / decode bound: "
+        f"{ranged['vs_decode_bound']}x"
+    )
+    return {
+        "runs": runs,
+        "librosa_decode_ms": decode_ms,
+        "decode_bound_tasks_per_s": decode_tps,
+        "note": note,
+    }
+
+
+def _librosa_decode_ms(path: Path, repeats: int = 5) -> float:
+    """Median wall time of librosa.load(path, sr=None) in this process (after one warm call)."""
+    import librosa
+
+    librosa.load(path, sr=None)
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        librosa.load(path, sr=None)
+        times.append((time.perf_counter() - began) * 1000)
+    return round(sorted(times)[len(times) // 2], 1)
 
 
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -556,6 +691,15 @@ def _rows(run: dict[str, Any]) -> list[tuple[str, str]]:
         )
     bound = " (bound: the figure is the generator's)" if run["loadgen_bound"] else ""
     rows.append(("load generator CPU s", f"{run['loadgen_cpu_s']:.1f}{bound}"))
+    for entry in run.get("targets", []):
+        value = entry["value"]
+        shown = "-" if value is None else f"{value:.3g}"
+        rows.append(
+            (
+                f"target: {entry['target']}",
+                f"{entry['result']} ({shown} {entry['op']} {entry['limit']:g})",
+            )
+        )
     for label in ("http_ceiling", "engine_ceiling"):
         if f"vs_{label}" in run:
             rows.append((f"vs {label.replace('_', ' ')}: tasks/s, p50", _ratio(run, label)))

@@ -59,7 +59,9 @@ class FixtureServer:
     """Results pages at /results/{date} and files of `files_dir` at /files/{name}, on loopback.
 
     Pages answer every date with the same draw: the parser checks shape, not which draw.
-    Files honour a single `Range: bytes=a-b`, as any static file server or object store does.
+    Files honour a single `Range: bytes=a-b`, as any static file server or object store does;
+    the same files at /files-norange/{name} ignore Range (always 200 and the whole file), as
+    a server without Range support does: the service's full-download fallback.
     """
 
     def __init__(self, files_dir: Path | None = None) -> None:
@@ -77,8 +79,8 @@ class FixtureServer:
                 content_type = "application/octet-stream"
                 if self.path.startswith("/results/"):
                     body, content_type = page, "text/html; charset=utf-8"
-                elif self.path.startswith("/files/") and server.files_dir is not None:
-                    name = Path(self.path.removeprefix("/files/")).name
+                elif self.path.startswith(("/files/", "/files-norange/")) and server.files_dir:
+                    name = Path(self.path).name
                     path = server.files_dir / name
                     if path.is_file():
                         body = path.read_bytes()
@@ -87,14 +89,16 @@ class FixtureServer:
                     return
                 wanted = _RANGE.match(self.headers.get("Range", ""))
                 status, total = 200, len(body)
-                if wanted and int(wanted[1]) < total and self.path.startswith("/files/"):
+                ranged = self.path.startswith("/files/")  # /files-norange/ ignores Range
+                if wanted and int(wanted[1]) < total and ranged:
                     first = int(wanted[1])
                     last = min(int(wanted[2]) if wanted[2] else total - 1, total - 1)
                     body, status = body[first : last + 1], 206
                 self.send_response(status)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
-                self.send_header("Accept-Ranges", "bytes")
+                if ranged:
+                    self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
