@@ -30,6 +30,7 @@ from procstats import Meter, own_cpu_s
 from rich.console import Console
 from rich.table import Table
 from stack import (
+    BENCH_SERVICE_ENV,
     WORKER_CONCURRENCY,
     BrokerStack,
     EmbeddedStack,
@@ -637,12 +638,136 @@ def _librosa_decode_ms(path: Path, repeats: int = 5) -> float:
     return round(sorted(times)[len(times) // 2], 1)
 
 
+# --- worker footprint (issue #7: idle after start-up, RSS <= 150 MB, start-up <= 3 s) -------
+
+FOOTPRINT_RSS_MB = 150.0
+FOOTPRINT_START_S = 3.0
+FOOTPRINT_IDLE_S = 3.0
+FOOTPRINT_WORKERS = [
+    ("audio,euro,webhooks", ["--concurrency", str(WORKER_CONCURRENCY)]),
+    ("models", []),
+]
+
+
+def _proc_mb(pid: int, field: str) -> float | None:
+    """A field of /proc/<pid>/status (VmRSS) or smaps_rollup (Pss), in MB."""
+    source = "smaps_rollup" if field == "Pss" else "status"
+    try:
+        text = Path(f"/proc/{pid}/{source}").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def _footprint_once(ctx: Context, queues: str, extra: list[str], run_no: int) -> dict[str, Any]:
+    from processes import ServiceProcess, service_env
+    from procstats import cmdline, tree
+
+    _, rabbitmq = ctx.infra.ensure()
+    workdir = Path(tempfile.mkdtemp(prefix="footprint-", dir=ctx.workdir))
+    (port,) = _free_ports(1)
+    env = service_env(
+        data_dir=workdir / "data",
+        api_port=port,
+        broker_url=rabbitmq.url,
+        backend_url=ctx.infra.redis_url(),
+        extra={**BENCH_SERVICE_ENV, "ASYNCML_MODELS_BUNDLED": str(queues == "models").lower()},
+    )
+    argv = ["worker", "--queues", queues, *extra]
+    worker = ServiceProcess(
+        f"worker-{queues.replace(',', '-')}-{run_no}", argv, env=env, workdir=workdir
+    )
+    began = time.perf_counter()
+    worker.start()
+    try:
+        worker.wait_for_line(" ready.", timeout=60)
+        ready_s = round(time.perf_counter() - began, 2)
+        time.sleep(FOOTPRINT_IDLE_S)
+        pids = tree(pid_of(worker))
+        processes = []
+        for pid in pids:
+            rss = _proc_mb(pid, "VmRSS")
+            if rss is None:
+                continue
+            argv_of = cmdline(pid)
+            processes.append(
+                {
+                    "pid": pid,
+                    "role": "main" if pid == pids[0] else "child",
+                    "rss_mb": rss,
+                    "pss_mb": _proc_mb(pid, "Pss"),
+                    "cmd": " ".join(argv_of[1:4]) if argv_of else "?",
+                }
+            )
+    finally:
+        worker.stop()
+    return {"ready_s": ready_s, "processes": processes}
+
+
+def scenario_footprint(ctx: Context) -> dict[str, Any]:
+    """Spawn -> Celery's " ready." line, then each process's RSS after 3 s idle; twice each."""
+    runs = []
+    for queues, extra in FOOTPRINT_WORKERS:
+        starts = [_footprint_once(ctx, queues, extra, n) for n in range(2)]
+        last = starts[-1]
+        max_rss = max(p["rss_mb"] for p in last["processes"])
+        ready = sorted(s["ready_s"] for s in starts)
+        run: dict[str, Any] = {
+            "run": f"asyncml worker --queues {queues} {' '.join(extra)}".strip(),
+            "engine": "rabbitmq+redis",
+            "ready_s": [s["ready_s"] for s in starts],
+            "processes": last["processes"],
+            "rss_mb_total": round(sum(p["rss_mb"] for p in last["processes"]), 1),
+            "pss_mb_total": round(sum(p["pss_mb"] or 0 for p in last["processes"]), 1),
+        }
+        target(
+            run,
+            f"start-up (worst of 2) <= {FOOTPRINT_START_S:g} s",
+            ready[-1],
+            FOOTPRINT_START_S,
+            at_most=True,
+        )
+        target(
+            run,
+            f"RSS of each process <= {FOOTPRINT_RSS_MB:g} MB",
+            max_rss,
+            FOOTPRINT_RSS_MB,
+            at_most=True,
+        )
+        runs.append(run)
+    return {"runs": runs, "custom_table": "footprint"}
+
+
+def _footprint_table(outcome: dict[str, Any]) -> Table:
+    table = Table(title="footprint", title_justify="left")
+    for column in ("worker", "spawn -> ready s", "process", "RSS MB (PSS)", "targets"):
+        table.add_column(column, justify="left" if column in ("worker", "process") else "right")
+    for run in outcome["runs"]:
+        verdicts = "; ".join(
+            f"{t['result']} {t['target']} ({t['value']})" for t in run.get("targets", [])
+        )
+        for i, proc in enumerate(run["processes"]):
+            table.add_row(
+                run["run"] if i == 0 else "",
+                ", ".join(f"{v:.2f}" for v in run["ready_s"]) if i == 0 else "",
+                f"{proc['role']} {proc['pid']}",
+                f"{proc['rss_mb']:.0f} ({proc['pss_mb'] or 0:.0f})",
+                verdicts if i == 0 else "",
+            )
+        table.add_row("", "", "total", f"{run['rss_mb_total']:.0f} ({run['pss_mb_total']:.0f})", "")
+    return table
+
+
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ceilings": scenario_ceilings,
     "embedded": scenario_embedded,
     "rabbitmq+redis": scenario_rabbitmq_redis,
     "euro": scenario_euro,
     "audio": scenario_audio,
+    "footprint": scenario_footprint,
 }
 ALIASES = {"overhead": ["embedded", "rabbitmq+redis"]}
 
@@ -711,6 +836,9 @@ def _num(value: float | None) -> str:
 
 
 def print_table(scenario: str, outcome: dict[str, Any]) -> None:
+    if outcome.get("custom_table") == "footprint":
+        console.print(_footprint_table(outcome))
+        return
     table = Table(title=scenario, title_justify="left")
     table.add_column("")
     per_run = [dict(_rows(run)) for run in outcome["runs"]]
