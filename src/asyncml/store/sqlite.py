@@ -2,12 +2,14 @@
 
 WAL mode lets the API read while a worker writes; every state change is a single
 ``UPDATE ... WHERE status IN (...)`` so the compare-and-set is atomic across processes.
-Waiting is a poll with back-off (SQLite has no cross-process notification): that is the
-embedded default's latency cost, documented in the README.
+Waiting is a poll (SQLite has no cross-process notification): one watcher per API process
+asks every 10 ms which awaited tasks are final, in one query for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -316,6 +318,16 @@ class SqliteTaskStore:
     def release_key(self, key: str) -> None:
         self._execute("DELETE FROM idempotency WHERE key = ?", (key,))
 
+    def final_among(self, task_ids: list[str]) -> list[str]:
+        """Which of ``task_ids`` are final (or gone): one query, whatever their number."""
+        rows = self._execute(
+            "SELECT value FROM json_each(?) WHERE value NOT IN "
+            "(SELECT id FROM tasks WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND status IN ('QUEUED', 'STARTED'))",
+            (json.dumps(task_ids), json.dumps(task_ids)),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
     def purge_expired(self) -> int:
         cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
         return cur.rowcount
@@ -385,11 +397,12 @@ def _dead_letter_horizon() -> float:
 class AsyncSqliteTaskStore:
     """The API's side: each call runs in a worker thread so the event loop never blocks."""
 
-    _POLL_START_S = 0.01
-    _POLL_MAX_S = 0.2
+    _WATCH_S = 0.01
 
     def __init__(self, store: SqliteTaskStore) -> None:
         self._store = store
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
         return await anyio.to_thread.run_sync(
@@ -424,15 +437,39 @@ class AsyncSqliteTaskStore:
         return await anyio.to_thread.run_sync(self._store.cancel, task_id, at)
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """SQLite cannot notify across processes, so one watcher per API process asks, every
+        ``_WATCH_S``, which of the awaited tasks are final (one query for all of them), and
+        wakes their requests."""
         deadline = time.monotonic() + timeout_s
-        delay = self._POLL_START_S
-        while True:
+        notice: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(notice)
+        try:
             record = await self.get(task_id)
-            remaining = deadline - time.monotonic()
-            if record is None or record.final or remaining <= 0:
+            if record is None or record.final or timeout_s <= 0:
                 return record
-            await anyio.sleep(min(delay, remaining))  # back-off poll: no notification in SQLite
-            delay = min(delay * 2, self._POLL_MAX_S)
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(notice), deadline - time.monotonic())
+            return await self.get(task_id)
+        finally:
+            waiting = self._waiters.get(task_id)
+            if waiting is not None:
+                waiting.discard(notice)
+                if not waiting:
+                    del self._waiters[task_id]
+
+    async def _watch(self) -> None:
+        while self._waiters:
+            try:
+                final = await anyio.to_thread.run_sync(self._store.final_among, list(self._waiters))
+            except ServiceUnavailable:
+                final = []  # a locked or missing file: the requests time out as usual
+            for task_id in final:
+                for notice in self._waiters.get(task_id, ()):
+                    if not notice.done():
+                        notice.set_result(None)
+            await asyncio.sleep(self._WATCH_S)
 
     async def claim_key(
         self, key: str, fingerprint: str, task_id: str, ttl_s: int
