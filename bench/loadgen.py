@@ -40,6 +40,8 @@ class Sample:
     queue_wait_ms: float | None = None
     run_ms: float | None = None
     after_finish_ms: float | None = None
+    # `batch_size` of a model task's result: rows in the model call that produced it.
+    batch_size: int | None = None
 
 
 @dataclass
@@ -61,7 +63,17 @@ class LoadResult:
         last_submit = max((s.submit_end for s in self.samples), default=first_submit)
         span = last_seen - first_submit
         submit_span = last_submit - first_submit
+        sizes = [s.batch_size for s in done if s.batch_size is not None]
+        extra: dict[str, Any] = {}
+        if sizes:
+            counts = Counter(sizes)
+            extra["batch_size"] = {
+                "mean": round(sum(sizes) / len(sizes), 1),
+                **percentiles(sizes),
+                "tasks_by_size": {str(k): counts[k] for k in sorted(counts)},
+            }
         return {
+            **extra,
             "submitted": len(self.samples),
             "succeeded": len(done),
             "wall_s": round(self.ended - self.started, 3),
@@ -122,6 +134,9 @@ def _breakdown(sample: Sample, record: dict[str, Any], *, seen_wall: float) -> N
         sample.run_ms = (finished - started) * 1000
     if finished is not None:
         sample.after_finish_ms = (seen_wall - finished) * 1000
+    result = record.get("result")
+    if isinstance(result, dict) and isinstance(result.get("batch_size"), int):
+        sample.batch_size = result["batch_size"]
 
 
 def _error_kind(response: httpx.Response) -> str:

@@ -246,7 +246,15 @@ class BrokerStack(Stack):
 
     engine = "rabbitmq+redis"
 
-    def __init__(self, workdir: Path, infra: Infra, extra_env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        infra: Infra,
+        extra_env: Mapping[str, str],
+        *,
+        queues: str = QUEUES,
+        worker_args: tuple[str, ...] = ("--concurrency", str(WORKER_CONCURRENCY)),
+    ) -> None:
         _, rabbitmq = infra.ensure()
         self.infra = infra
         (port,) = free_ports(1)
@@ -261,7 +269,7 @@ class BrokerStack(Stack):
         self.api = ServiceProcess("api", ["api"], env=env, workdir=workdir).start()
         self.worker = ServiceProcess(
             "worker",
-            ["worker", "--queues", QUEUES, "--concurrency", str(WORKER_CONCURRENCY)],
+            ["worker", "--queues", queues, *worker_args],
             env=env,
             workdir=workdir,
         ).start()
