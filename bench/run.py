@@ -165,7 +165,7 @@ def _open(
     make_input: Callable[[int], dict[str, Any]],
     *,
     rate_per_s: float,
-    duration_s: float = 10.0,
+    duration_s: float = 8.0,
     prefer_wait_s: int = 0,
 ) -> Callable[[], LoadResult]:
     """An open-loop load at a fixed arrival rate (loadgen.run_open_loop)."""
@@ -566,7 +566,7 @@ def scenario_audio(ctx: Context) -> dict[str, Any]:
             size = (files_dir / name).stat().st_size
             run = measure(
                 stack,
-                _load(stack, "audio.length", _audio_input(ctx.fixtures.url, name), deadline_s=12),
+                _load(stack, "audio.length", _audio_input(ctx.fixtures.url, name), deadline_s=10),
                 name=f"audio.length {name} ({size / 1e6:.2f} MB)",
                 engine=stack.engine,
                 kind="audio.length",
@@ -582,7 +582,7 @@ def scenario_audio(ctx: Context) -> dict[str, Any]:
                 stack,
                 "audio.length",
                 _audio_input(ctx.fixtures.url, LONG_WAV, "files-norange"),
-                deadline_s=12,
+                deadline_s=10,
             ),
             name=f"audio.length {LONG_WAV}, server ignores Range (full download)",
             engine=stack.engine,
@@ -644,7 +644,7 @@ def _librosa_decode_ms(path: Path, repeats: int = 5) -> float:
 # --- models (issue #10 item 7) -------------------------------------------------------------
 
 MODEL_CLIENTS = 64
-MODEL_SECONDS = 8.0
+MODEL_SECONDS = 6.0
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 IRIS_MAX_BATCH = 32  # src/asyncml/models/example/iris/model.toml [batch] max_batch_size
 
