@@ -218,6 +218,7 @@ def test_flood_past_the_queue_cap_is_refused_not_queued(
     finally:
         process.stop()
     queued = {line.split()[0]: int(line.split()[1]) for line in depth.splitlines() if line}
+    print(f"accepted {accepted}, refused {refused}, queued {queued.get('euro')}")  # for -rP
     assert queued["euro"] == accepted  # every accepted task is queued, no refused one is
     assert refused >= 16  # the last two waves at least: the queue was over its cap
     assert 10 <= accepted <= 16  # overshoot bounded by one wave (one second) of submits
