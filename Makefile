@@ -28,6 +28,6 @@ format: install
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-# Benchmarks (bench/README.md): real processes on loopback, about 5 minutes; never part of `make test`.
+# Benchmarks (bench/README.md): real processes on loopback, about 8 minutes; never part of `make test`.
 bench: install
 	.venv/bin/python bench/run.py

@@ -874,6 +874,7 @@ def scenario_models(ctx: Context) -> dict[str, Any]:
         "runs": runs,
         "ceilings": ceilings,
         "overhead_tasks_per_s": ctx.overhead_tps,
+        "problems": problems,
         "note": note,
     }
 
