@@ -1109,6 +1109,8 @@ def print_table(scenario: str, outcome: dict[str, Any]) -> None:
     console.print(table)
     if outcome.get("note"):
         console.print(f"note: {outcome['note']}")
+    for problem in outcome.get("problems", []):
+        console.print(f"problem: {problem}")
     if outcome.get("redis_benchmark"):
         figures = ", ".join(f"{k} {v:.0f}" for k, v in outcome["redis_benchmark"].items())
         console.print(f"redis-benchmark (-c {CONCURRENCY}): {figures}")
