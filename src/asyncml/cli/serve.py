@@ -94,6 +94,12 @@ def worker(
     else:
         n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
     celery = make_celery(settings, registry)
+    if pool == "threads":
+        # Celery's task-event dispatcher is shared by the pool's threads and its mutex
+        # deadlocks against the event loop under load (seen: every thread and the main
+        # loop waiting in EventDispatcher.flush, 64 messages unacked, the worker stalled).
+        # A thread-pool worker sends no task events; Flower still sees it (heartbeats).
+        celery.conf.worker_send_task_events = False
     if settings.models_preload:
         from asyncml.models import preload_in_worker_processes
 
