@@ -44,9 +44,9 @@ class RangeServer:
                     body = data
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                server.sent.append((self.path, len(body)))  # before the client can have it
                 self.end_headers()
                 self.wfile.write(body)
-                server.sent.append((self.path, len(body)))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
