@@ -27,6 +27,7 @@ from redis.retry import Retry
 from asyncml.errors import InputInvalid, ServiceUnavailable
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.notices import FinishNotices
 from asyncml.store.records import (
     ApiKey,
     Callback,
@@ -481,7 +482,7 @@ class AsyncRedisTaskStore:
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         self._r = aioredis.Redis.from_url(url, **_client_options(), retry=_async_retry())
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._notices = FinishNotices()
         self._listener: asyncio.Task[None] | None = None
         self._cancel = self._r.register_script(_CANCEL)
         self._create = self._r.register_script(_CREATE)
@@ -586,10 +587,7 @@ class AsyncRedisTaskStore:
         reconnects (a Redis restart) costs at most a second."""
         deadline = time.monotonic() + timeout_s
         self._ensure_listener()
-        loop = asyncio.get_running_loop()
-        notice: asyncio.Future[None] = loop.create_future()
-        self._waiters.setdefault(task_id, set()).add(notice)
-        try:
+        with self._notices.registered(task_id) as notice:
             record = await self.get(task_id)
             while record is not None and not record.final:
                 remaining = deadline - time.monotonic()
@@ -601,12 +599,6 @@ class AsyncRedisTaskStore:
                     pass
                 record = await self.get(task_id)
             return record
-        finally:
-            waiting = self._waiters.get(task_id)
-            if waiting is not None:
-                waiting.discard(notice)
-                if not waiting:
-                    del self._waiters[task_id]
 
     def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.done():
@@ -627,9 +619,7 @@ class AsyncRedisTaskStore:
                         if message is None or message.get("type") != "pmessage":
                             continue
                         channel = _decode(message["channel"])
-                        for notice in self._waiters.get(channel[len(_CHANNEL_PREFIX) :], ()):
-                            if not notice.done():
-                                notice.set_result(None)
+                        self._notices.wake([channel[len(_CHANNEL_PREFIX) :]])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone: waiters fall back to their 1 s re-read

@@ -25,6 +25,7 @@ import anyio.to_thread
 from asyncml.errors import InputInvalid, ServiceUnavailable
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.notices import FinishNotices
 from asyncml.store.records import (
     ApiKey,
     Callback,
@@ -401,7 +402,7 @@ class AsyncSqliteTaskStore:
 
     def __init__(self, store: SqliteTaskStore) -> None:
         self._store = store
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._notices = FinishNotices()
         self._watcher: asyncio.Task[None] | None = None
 
     async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
@@ -441,9 +442,7 @@ class AsyncSqliteTaskStore:
         ``_WATCH_S``, which of the awaited tasks are final (one query for all of them), and
         wakes their requests."""
         deadline = time.monotonic() + timeout_s
-        notice: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, set()).add(notice)
-        try:
+        with self._notices.registered(task_id) as notice:
             record = await self.get(task_id)
             if record is None or record.final or timeout_s <= 0:
                 return record
@@ -452,23 +451,15 @@ class AsyncSqliteTaskStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(notice), deadline - time.monotonic())
             return await self.get(task_id)
-        finally:
-            waiting = self._waiters.get(task_id)
-            if waiting is not None:
-                waiting.discard(notice)
-                if not waiting:
-                    del self._waiters[task_id]
 
     async def _watch(self) -> None:
-        while self._waiters:
+        while self._notices:
             try:
-                final = await anyio.to_thread.run_sync(self._store.final_among, list(self._waiters))
+                awaited = self._notices.awaited()
+                final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
             except ServiceUnavailable:
                 final = []  # a locked or missing file: the requests time out as usual
-            for task_id in final:
-                for notice in self._waiters.get(task_id, ()):
-                    if not notice.done():
-                        notice.set_result(None)
+            self._notices.wake(final)
             await asyncio.sleep(self._WATCH_S)
 
     async def claim_key(
