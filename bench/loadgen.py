@@ -119,6 +119,16 @@ def _timestamp(value: Any) -> float | None:
         return None
 
 
+def _seen(sample: Sample, record: dict[str, Any], result: LoadResult) -> None:
+    """The client has seen the task final: its times, its status, and its error if any."""
+    sample.seen = time.perf_counter()
+    _breakdown(sample, record, seen_wall=time.time())
+    sample.status = record["status"]
+    if record["status"] != "SUCCESS":
+        error = record.get("error") or {}
+        result.errors[f"task:{record['status']}:{error.get('type', '?')}"] += 1
+
+
 def _breakdown(sample: Sample, record: dict[str, Any], *, seen_wall: float) -> None:
     """Split the latency with the record's own times: queued, running, and until seen.
 
@@ -221,12 +231,7 @@ async def run_load(
                 result.errors[f"poll:{_error_kind(response)}"] += 1
                 return
             record = response.json()
-        sample.seen = time.perf_counter()
-        _breakdown(sample, record, seen_wall=time.time())
-        sample.status = record["status"]
-        if record["status"] != "SUCCESS":
-            error = record.get("error") or {}
-            result.errors[f"task:{record['status']}:{error.get('type', '?')}"] += 1
+        _seen(sample, record, result)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal next_index
@@ -311,12 +316,7 @@ async def run_open_loop(
                     result.errors[f"poll:{_error_kind(response)}"] += 1
                     return
                 record = response.json()
-            sample.seen = time.perf_counter()
-            _breakdown(sample, record, seen_wall=time.time())
-            sample.status = record["status"]
-            if record["status"] != "SUCCESS":
-                error = record.get("error") or {}
-                result.errors[f"task:{record['status']}:{error.get('type', '?')}"] += 1
+            _seen(sample, record, result)
         except httpx.HTTPError as exc:
             sample.submit_end = sample.submit_end or time.perf_counter()
             result.errors[f"http:{type(exc).__name__}"] += 1
