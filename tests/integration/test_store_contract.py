@@ -148,7 +148,7 @@ def test_wait_returns_when_another_process_finishes_the_task(
         await asyncio.sleep(0.2)  # let the waiter subscribe first; the result must not hinge on it
         await asyncio.to_thread(sync.finish, task_id, TaskStatus.SUCCESS, utcnow(), result={"x": 1})
         record = await asyncio.wait_for(waiting, 5)
-        await async_store.close()
+        await asyncio.wait_for(async_store.close(), 5)  # a closed store stops its listener
         return record
 
     record = asyncio.run(scenario())
@@ -164,7 +164,7 @@ def test_wait_on_a_finished_task_returns_at_once(
 
     async def scenario() -> TaskRecord | None:
         record = await asyncio.wait_for(async_store.wait(task_id, 20), 2)
-        await async_store.close()
+        await asyncio.wait_for(async_store.close(), 5)  # a closed store stops its listener
         return record
 
     record = asyncio.run(scenario())
@@ -239,7 +239,7 @@ def test_idempotency_key_is_bound_once(stores: tuple[TaskStore, AsyncTaskStore])
         ]
         await async_store.release_key(key)
         outcomes.append(await async_store.claim_key(key, "print-c", "task-3", 60))
-        await async_store.close()
+        await asyncio.wait_for(async_store.close(), 5)  # a closed store stops its listener
         return outcomes
 
     assert asyncio.run(scenario()) == [None, ("task-1", "print-a"), None]

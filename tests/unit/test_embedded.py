@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +103,48 @@ def test_second_up_on_the_same_data_folder_is_refused(settings: Settings) -> Non
     with exclusive(settings.data_dir), pytest.raises(RuntimeError, match="another asyncml up"):
         with exclusive(settings.data_dir):
             pass
+
+
+def _publish_once(data_dir: str, task_id: str, start: Any, outcome: Any) -> None:
+    """One process of a fresh host: open the broker when told, publish one message."""
+    settings = Settings(data_dir=Path(data_dir), _env_file=None)
+    engine = Engine(settings, default_registry())
+    start.wait()
+    try:
+        engine.publish(
+            default_registry().get("audio.length"), task_id, {"audio_url": "http://a.test/a.wav"}
+        )
+    except Exception as exc:
+        outcome.put(f"{task_id}: {exc}")
+    else:
+        outcome.put(None)
+    finally:
+        engine.close()
+
+
+def test_processes_opening_a_fresh_broker_together_all_publish(settings: Settings) -> None:
+    # The API and the workers of `asyncml up` open a fresh data folder's broker at once;
+    # only one may create its tables and queue rows, and no publish may fail for it.
+    context = multiprocessing.get_context("fork")
+    rounds, processes = 3, 6
+    for round_ in range(rounds):
+        data_dir = settings.data_dir / f"fresh-{round_}"
+        data_dir.mkdir(parents=True)
+        start, outcome = context.Event(), context.Queue()
+        children = [
+            context.Process(target=_publish_once, args=(str(data_dir), f"t{i}", start, outcome))
+            for i in range(processes)
+        ]
+        for child in children:
+            child.start()
+        start.set()
+        failures = [outcome.get(timeout=60) for _ in children]
+        for child in children:
+            child.join(60)
+        assert [failure for failure in failures if failure] == []
+        conn = sqlite3.connect(data_dir / "broker.sqlite3")
+        try:
+            (count,) = conn.execute("SELECT count(*) FROM kombu_message").fetchone()
+        finally:
+            conn.close()
+        assert count == processes

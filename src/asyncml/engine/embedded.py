@@ -1,6 +1,6 @@
 """The embedded broker: kombu's SQLAlchemy transport over one SQLite file, tuned for one host.
 
-Two gaps of the stock transport are closed here:
+Three gaps of the stock transport are closed here:
 
 * it hands its transport options to ``create_engine``, so the virtual transport's
   ``polling_interval`` cannot be set through them; the subclass takes it out first and
@@ -8,7 +8,12 @@ Two gaps of the stock transport are closed here:
 * it marks a fetched message invisible and never deletes it; a worker killed before it
   acked leaves its message invisible for ever. :func:`recover_unacked` runs when
   ``asyncml up`` starts (no worker of this data folder is alive then): it makes such
-  messages visible again when their task is not final, and deletes the rest.
+  messages visible again when their task is not final, and deletes the rest;
+* it creates its tables and queue rows with a lock that holds only within one process;
+  the API and the workers of a fresh data folder start together, and the loser of that
+  race got "table already exists" (which kombu's retry turns into a closed channel and an
+  AttributeError) or a duplicate queue row. Here a lock file next to the database holds
+  across processes.
 """
 
 from __future__ import annotations
@@ -35,16 +40,45 @@ SCHEME = "asyncml-sqlite"
 TRANSPORT_ALIASES[SCHEME] = f"{__name__}:SqliteTransport"
 
 
+@contextmanager
+def _schema_lock(database: str) -> Iterator[None]:
+    """Serialise creating the broker's tables and queue rows across processes."""
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class SqliteChannel(SqlAlchemyChannel):
+    def _url(self) -> str:
+        client = self.connection.client
+        if client is None:
+            raise RuntimeError("the embedded channel has no connection")
+        return str(client.hostname)
+
+    def _open(self) -> Any:
+        url = self._url()
+        if url in self._engines:
+            return super()._open()
+        with _schema_lock(url.removeprefix("sqlite:///")):
+            return super()._open()
+
+    def _get_or_create(self, queue: str) -> Any:
+        found = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
+        if found is not None:
+            return found
+        with _schema_lock(self._url().removeprefix("sqlite:///")):
+            # The stock method, now alone across processes: it re-reads, then inserts.
+            return super()._get_or_create(queue)  # type: ignore[misc]  # untyped in the stubs
+
     def _engine_from_config(self) -> Any:
         from sqlalchemy import create_engine, event
 
         # Transport options are ignored on purpose: the stock channel passes them all
         # to create_engine, polling_interval included, which SQLAlchemy refuses.
-        client = self.connection.client
-        if client is None:
-            raise RuntimeError("the embedded channel has no connection")
-        engine = create_engine(str(client.hostname), connect_args={"timeout": 30})
+        engine = create_engine(self._url(), connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _wal(dbapi_conn: Any, _record: Any) -> None:

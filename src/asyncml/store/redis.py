@@ -7,7 +7,6 @@ that lands between the read and the wait is never missed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -484,6 +483,7 @@ class AsyncRedisTaskStore:
         self._r = aioredis.Redis.from_url(url, **_client_options(), retry=_async_retry())
         self._notices = FinishNotices()
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False
         self._cancel = self._r.register_script(_CANCEL)
         self._create = self._r.register_script(_CREATE)
         self._delete = self._r.register_script(_DELETE)
@@ -607,12 +607,16 @@ class AsyncRedisTaskStore:
     async def _listen(self) -> None:
         """One subscription per API process to every task's finish channel; each notice
         wakes the requests waiting on that task. (A subscription per waiting request would
-        cost a Redis connection each: pub/sub connections are closed, not pooled.)"""
-        while True:
+        cost a Redis connection each: pub/sub connections are closed, not pooled.)
+
+        It also stops at ``_closing``, not only when cancelled: redis-py's reads under a
+        timeout can turn a cancellation that lands as the timeout fires into a plain
+        timeout (Python 3.11), and the loop would then run on after ``close``."""
+        while not self._closing:
             try:
                 async with self._r.pubsub() as pubsub:
                     await pubsub.psubscribe(_CHANNEL_PREFIX + "*")
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=1.0
                         )
@@ -655,8 +659,12 @@ class AsyncRedisTaskStore:
             raise _unavailable(exc) from exc
 
     async def close(self) -> None:
+        self._closing = True
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+            # Bounded: a listener that missed its cancellation sees _closing within its
+            # 1 s read; close must not hang an API shutdown on it either way.
+            done, _ = await asyncio.wait({self._listener}, timeout=3)
+            if not done:
+                log.warning("finish-notice listener did not stop within 3 s")
         await self._r.aclose()
