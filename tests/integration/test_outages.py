@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,12 @@ import pytest
 from fixture_server import FixtureServer
 from http_api import submit_audio, wait_final
 from processes import Launcher, service_env, wait_until_ready
+from receiver import Receiver
 from services import RabbitMQServer, RedisServer, free_ports
+
+from asyncml.webhooks import verify_signature
+
+WEBHOOK_SECRET = "whsec_" + "b3V0YWdlLXRlc3Qtc2VjcmV0LW9mLXRoZS1jYW5jZWwtbm90aWNl"  # test only
 
 pytestmark = pytest.mark.restart
 
@@ -27,7 +33,11 @@ def roles(
         api_port=port,
         broker_url=private_rabbitmq_server.url,
         backend_url=private_redis_server.url,
-        extra={"ASYNCML_PUBLISH_TIMEOUT_S": "2"},
+        extra={
+            "ASYNCML_PUBLISH_TIMEOUT_S": "2",
+            "ASYNCML_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "ASYNCML_WEBHOOK_ALLOW_LOOPBACK": "true",
+        },
     )
     launch = Launcher(env, tmp_path)
     yield launch, f"http://127.0.0.1:{port}"
@@ -132,3 +142,33 @@ def test_broker_down_with_tasks_in_flight_then_redis_restart_loses_nothing(
         after = {i: wait_final(api, i, wait=5) for i in [done_before, *ids]}
     assert all(t["status"] == "SUCCESS" for t in after.values()), after
     assert {i: after[i]["result"] for i in ids} == {i: finished[i]["result"] for i in ids}
+
+
+@pytest.mark.timeout(180)
+def test_cancel_while_the_broker_is_down_still_sends_its_notice(
+    roles: tuple[Launcher, str], private_rabbitmq_server: RabbitMQServer, files: FixtureServer
+) -> None:
+    """The cancel stands though its notice cannot be queued; the task's own message, still
+    in the queue, reaches a worker later, which skips the task and sends the notice owed."""
+    launch, base_url = roles
+    wait_until_ready(base_url, launch("api", ["api"]))
+    with Receiver().running() as receiver, httpx.Client(base_url=base_url, timeout=60) as api:
+        body = {"audio_url": files.url("tone-5s.wav"), "callback_url": receiver.url("cancel")}
+        accepted = api.post("/v1/tasks/audio.length", json=body)
+        assert accepted.status_code == 202, accepted.text
+        task_id = accepted.json()["id"]
+        private_rabbitmq_server.stop()
+        try:
+            cancelled = api.delete(f"/v1/tasks/{task_id}")
+        finally:
+            private_rabbitmq_server.start()
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "CANCELLED"
+        assert receiver.posts("cancel") == []
+        launch("worker", ["worker", "--concurrency", "1"]).wait_for_line(" ready.")
+        (post,) = receiver.wait_for("cancel", 1, timeout=60)
+        assert api.get(f"/v1/tasks/{task_id}").json()["status"] == "CANCELLED"
+    notice = verify_signature(post.body, post.headers, WEBHOOK_SECRET)
+    assert (notice["id"], notice["event"], notice["status"]) == (task_id, "completed", "CANCELLED")
+    assert files.hits("tone-5s.wav") == 0, "a cancelled task ran"
+    assert json.loads(post.body)["result"] is None

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 
 from asyncml.store import ErrorBody, TaskStatus, utcnow
@@ -84,6 +85,25 @@ def test_unknown_id_returns_404(client: TestClient) -> None:
     response = client.get("/v1/tasks/does-not-exist")
     assert response.status_code == 404
     assert response.json()["type"] == "task_not_found"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/v1/tasks/some-id", "DELETE, GET, POST"),  # two routes share this path shape
+        ("GET", "/audio/length", "POST"),
+        ("DELETE", "/task/some-id", "GET"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_wrong_method_gets_405_with_every_allowed_method(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    assert response.json()["type"] == "method_not_allowed"
+    assert allow in response.json()["message"]
 
 
 def test_cancel_queued_task_marks_it_cancelled(client: TestClient) -> None:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from asyncml import metrics
 from asyncml.api import classic, v1
@@ -34,6 +35,18 @@ from asyncml.settings import Settings, is_loopback_host
 from asyncml.store import open_async_store
 
 log = logging.getLogger(__name__)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path. Starlette's own 405 names only the
+    first route that matched the path: /v1/tasks/{id} would say POST (of /v1/tasks/{kind})
+    and hide GET and DELETE. Each method is tried on the routes' own ``matches``."""
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
@@ -91,13 +104,19 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {400: "malformed_request", 404: "not_found", 413: "body_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        kind = {
+            400: "malformed_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+        }.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            headers["Allow"] = allow = ", ".join(_allowed_methods(request))
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}"
         return JSONResponse(
-            {"type": kind, "message": str(exc.detail)},
-            status_code=exc.status_code,
-            headers=exc.headers,
+            {"type": kind, "message": message}, status_code=exc.status_code, headers=headers
         )
 
     @app.get("/healthz", tags=["health"])
