@@ -321,8 +321,10 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
                 await anyio.to_thread.run_sync(
                     services.engine.publish_notice, task_id, "completed", body
                 )
-            except ServiceUnavailable:  # the cancel stands; only its notice is lost
-                log.error("task %s cancelled, but its completed notice was not queued", task_id)
+            except ServiceUnavailable:
+                # The cancel stands. The task's own message is still queued: the worker that
+                # receives it skips the task and queues the notice owed (runtime.py).
+                log.warning("task %s cancelled; its notice will be queued by a worker", task_id)
         return record
 
     @router.get("/kinds", response_model=list[KindView], tags=["kinds"])
