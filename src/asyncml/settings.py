@@ -263,8 +263,9 @@ class Settings(BaseSettings):
     )
     debug_kinds: bool = Field(
         default=False,
-        description="Serve debug.echo (returns its input): what benchmarks use to measure "
-        "the platform's own cost per task.",
+        description="Serve the benchmarks' kinds: debug.echo (returns its input, the "
+        "platform's own cost per task) and debug.audio_decode (download and decode a whole "
+        "audio file with librosa, the naive baseline of audio.length).",
     )
     log_format: Literal["text", "json"] = Field(
         default="text", description="text for people, json for one JSON object a line."

@@ -14,9 +14,11 @@ from audio_files import write_audio
 
 from asyncml.errors import AudioTruncated
 from asyncml.kinds import TaskContext
+from asyncml.registry import build_registry
 from asyncml.settings import Settings
 from asyncml.tasks._probe import probe_audio, probe_wav_head
 from asyncml.tasks.audio import AudioLengthOut, audio_length
+from asyncml.tasks.debug import audio_decode
 
 
 class RangeServer:
@@ -115,3 +117,29 @@ def test_head_without_a_data_chunk_does_not_settle_it(tmp_path: Path) -> None:
     head = write_audio(tmp_path / "a.wav", seconds=1.0, sample_rate=16000).read_bytes()[:30]
     assert probe_wav_head(head, 32_044) is None
     assert probe_wav_head(b"ID3\x04" + bytes(100), 10_000) is None
+
+
+def test_naive_baseline_downloads_and_decodes_the_whole_file(
+    range_server: RangeServer, ctx: TaskContext, tmp_path: Path
+) -> None:
+    # debug.audio_decode is what the benchmark measures audio.length against.
+    path = write_audio(tmp_path / "long.wav", seconds=20.0, sample_rate=16000, channels=2)
+    out = audio_decode.run({"audio_url": range_server.url("long.wav")}, ctx)
+    assert out["audio_length"] == pytest.approx(20.0, abs=0.001)
+    assert range_server.sent == [("/long.wav", path.stat().st_size)]
+
+
+def test_benchmark_kinds_are_served_only_when_enabled(tmp_path: Path) -> None:
+    def names(debug_kinds: bool) -> set[str]:
+        settings = Settings(
+            _env_file=None, data_dir=tmp_path, models_bundled=False, debug_kinds=debug_kinds
+        )
+        return {kind.name for kind in build_registry(settings)}
+
+    assert names(debug_kinds=False) == {"audio.length", "euro.results"}
+    assert names(debug_kinds=True) == {
+        "audio.length",
+        "euro.results",
+        "debug.echo",
+        "debug.audio_decode",
+    }

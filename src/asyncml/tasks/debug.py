@@ -1,4 +1,6 @@
-"""debug.echo: the cheapest task there is, to measure what the platform itself costs.
+"""Kinds for benchmarks: ``debug.echo``, the cheapest task there is (what the platform itself
+costs), and ``debug.audio_decode``, the naive audio length (download the whole file, decode
+every sample with librosa) that ``audio.length`` is measured against.
 
 Off unless ``ASYNCML_DEBUG_KINDS=true``: a production deployment has no use for it, and
 every kind it serves is one more route to secure.
@@ -6,11 +8,16 @@ every kind it serves is one more route to secure.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, HttpUrl
 
-from asyncml.kinds import Limits, TaskContext, task_kind
+from asyncml.kinds import Limits, TaskContext, TaskKind, task_kind
+from asyncml.tasks.audio import SCRATCH_PREFIX
 
 
 class EchoIn(BaseModel):
@@ -27,4 +34,25 @@ def echo(inp: EchoIn, ctx: TaskContext) -> EchoOut:
     return EchoOut(payload=inp.payload)
 
 
-DEBUG_KINDS = [echo]
+class DecodeIn(BaseModel):
+    audio_url: HttpUrl = Field(description="http(s) URL of an audio file.")
+
+
+class DecodeOut(BaseModel):
+    audio_length: float = Field(description="Seconds, from the number of decoded samples.")
+
+
+@task_kind("debug.audio_decode", queue="debug", limits=Limits(timeout_s=120))
+def audio_decode(inp: DecodeIn, ctx: TaskContext) -> DecodeOut:
+    """Download the whole file and decode it with librosa: the baseline of audio.length."""
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
+        downloaded = ctx.fetcher.download(str(inp.audio_url), Path(tmp) / "audio")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa's audioread deprecation notice
+            import librosa
+
+            signal, rate = librosa.load(downloaded.path, sr=None, mono=False)
+    return DecodeOut(audio_length=signal.shape[-1] / rate)
+
+
+DEBUG_KINDS: list[TaskKind[Any, Any]] = [echo, audio_decode]
