@@ -11,11 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
 from asyncml.api import create_app
+from asyncml.api.limits import DEPTH_TTL_S, QueueGate
 from asyncml.auth import digest, key_file_line, make_key, parse_key_file
+from asyncml.errors import ServiceUnavailable
 from asyncml.settings import Settings
 from asyncml.store import TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
@@ -361,3 +364,49 @@ def test_url_input_whose_address_is_refused_is_422_at_submit(
     assert response.status_code == 422
     assert "audio_url: refusing" in response.json()["message"]
     assert queued_messages() == 0
+
+
+class _SlowDepths:
+    """An engine whose depth reading blocks until released: a slow broker round trip."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.release = threading.Event()
+        self.readings = 0
+
+    def queue_depths(self) -> dict[str, int]:
+        self.readings += 1
+        if self.readings > 1:
+            self.release.wait(10)
+        return {"euro": self.depth}
+
+
+def test_a_depth_refresh_in_progress_does_not_hold_up_other_submissions() -> None:
+    engine = _SlowDepths()
+    gate = QueueGate(engine, max_depth=5)  # type: ignore[arg-type]  # the one method it calls
+
+    async def scenario() -> list[str]:
+        await gate.admit("euro")  # the first reading: there is nothing older to use
+        gate._read_at -= DEPTH_TTL_S  # a second later
+        engine.depth = 5
+        order: list[str] = []
+
+        async def refresher() -> None:
+            with pytest.raises(ServiceUnavailable, match="is full"):  # it read the new depth
+                await gate.admit("euro")
+            order.append("refresher")
+
+        async def other() -> None:
+            await gate.admit("euro")  # the older reading (0 waiting) admits it at once
+            order.append("other")
+            engine.release.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(refresher)
+            await anyio.sleep(0.05)  # the refresher now holds the lock, blocked on the broker
+            tasks.start_soon(other)
+        return order
+
+    assert anyio.run(scenario) == ["other", "refresher"]
+    with pytest.raises(ServiceUnavailable, match="is full"):  # and so do the next ones
+        anyio.run(gate.admit, "euro")

@@ -110,6 +110,8 @@ class QueueGate:
     async def _current(self) -> dict[str, int]:
         if time.monotonic() - self._read_at < DEPTH_TTL_S:
             return self._depths
+        if self._lock.locked() and self._read_at > -math.inf:
+            return self._depths  # being refreshed: the last reading, up to a second old
         async with self._lock:  # one reader refreshes; the others use what it read
             if time.monotonic() - self._read_at >= DEPTH_TTL_S:
                 try:
