@@ -14,6 +14,7 @@ final record in hand, which is what a client experiences.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -187,7 +188,7 @@ async def run_load(
     deadline = time.perf_counter() + deadline_s
     drained = deadline + drain_s
     headers = {"Prefer": f"wait={prefer_wait_s}"} if prefer_wait_s else {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(LONG_POLL_S + 10.0)
 
     async def one_task(client: httpx.AsyncClient, index: int) -> None:
@@ -249,12 +250,21 @@ async def run_load(
             await wait_final(client, sample, record)
 
     submitted: list[tuple[Sample, Any]] = []
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+    # One client, one keep-alive connection each, as independent users have: a single
+    # httpx client shared by all of them scans its whole pool on every request, and that
+    # cost (the generator's, on the cores the service runs on) grows with the clients.
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout)
+            )
+            for _ in range(concurrency)
+        ]
         result.started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        await asyncio.gather(*(client_loop(client) for client in clients))
         if burst:
             drained = max(drained, time.perf_counter() + drain_s)
-            await asyncio.gather(*(drain_loop(client) for _ in range(concurrency)))
+            await asyncio.gather(*(drain_loop(client) for client in clients))
         result.ended = time.perf_counter()
     return result
 
