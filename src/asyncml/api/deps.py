@@ -219,7 +219,9 @@ async def require_json(content_type: Annotated[str | None, Header()] = None) -> 
         )
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, one
+    # thread hop per request for a dictionary lookup.
     services: Services = request.app.state.services
     return services
 
