@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,13 @@ def test_dead_letter_write_that_fails_is_logged_and_the_task_stays_final(
 
 
 class _BrokerDown(Engine):
-    def publish(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
+    def publish(
+        self,
+        kind: TaskKind[Any, Any],
+        task_id: str,
+        payload: dict[str, Any],
+        notices: Sequence[str] | None = None,
+    ) -> None:
         raise ServiceUnavailable("the broker is unavailable, nothing queued")
 
 

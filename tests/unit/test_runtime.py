@@ -16,7 +16,7 @@ from asyncml.engine.runtime import WorkerRuntime
 from asyncml.errors import FetchBlocked, ServiceUnavailable
 from asyncml.kinds import TaskContext, TaskKind, task_kind
 from asyncml.settings import Settings
-from asyncml.store import TaskRecord, TaskStatus, utcnow
+from asyncml.store import Callback, TaskRecord, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
 
 
@@ -195,3 +195,54 @@ def _exited_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+class _CountingStore(SqliteTaskStore):
+    reads = 0
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        self.reads += 1
+        return super().get(task_id)
+
+
+def _with_callback(store: SqliteTaskStore, task_id: str, events: list[str]) -> str:
+    callback = Callback(url="https://hooks.example/h", events=events)
+    store.create(
+        TaskRecord(
+            id=task_id,
+            kind="x",
+            status=TaskStatus.QUEUED,
+            submitted_at=utcnow(),
+            callback=callback,
+        )
+    )
+    return task_id
+
+
+@pytest.mark.parametrize(
+    ("events", "notices", "sent", "reads"),
+    [
+        ([], [], [], 0),  # the message says no notice is owed: the record is not read
+        (["completed"], ["completed"], ["completed"], 1),
+        (["started", "completed"], ["started", "completed"], ["started", "completed"], 2),
+        (["completed"], None, ["completed"], 2),  # an older message that does not say
+    ],
+)
+def test_notices_named_by_the_message_are_the_ones_looked_up_and_sent(
+    settings: Settings,
+    store: SqliteTaskStore,
+    events: list[str],
+    notices: list[str] | None,
+    sent: list[str],
+    reads: int,
+) -> None:
+    runtime = WorkerRuntime(settings, store_retry_s=0.2)
+    runtime.store  # noqa: B018  # open the per-process store, then swap in a counting one
+    runtime._store = counting = _CountingStore(settings.store_path(), ttl_s=60)
+    queued_notices: list[str] = []
+    runtime.notify = lambda task_id, event, body: queued_notices.append(event)
+    runtime.execute(double, _with_callback(store, "t1", events), {"n": 1}, None, notices)
+    assert queued_notices == sent
+    assert counting.reads == reads
+    record = store.get("t1")
+    assert record is not None and record.status is TaskStatus.SUCCESS

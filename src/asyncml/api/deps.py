@@ -116,7 +116,8 @@ class Services:
             if replayed is not None:
                 return replayed, True
         try:
-            await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload)
+            notices = [] if callback is None else list(callback.events)
+            await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload, notices)
         except BaseException:
             # Also on cancellation (client gone): the record must not outlive its message.
             with anyio.CancelScope(shield=True):

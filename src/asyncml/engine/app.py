@@ -6,6 +6,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from amqp.exceptions import MessageNacked
@@ -101,10 +102,14 @@ def make_celery(settings: Settings, registry: Registry) -> Celery:
 
 
 def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> None:
-    def run(payload: dict[str, Any], submitted_at: float | None = None) -> None:
+    def run(
+        payload: dict[str, Any],
+        submitted_at: float | None = None,
+        notices: list[str] | None = None,
+    ) -> None:
         from celery import current_task
 
-        runtime.execute(kind, str(current_task.request.id), payload, submitted_at)
+        runtime.execute(kind, str(current_task.request.id), payload, submitted_at, notices)
 
     run.__name__ = kind.name.replace(".", "_")
     task = app.task(
@@ -250,17 +255,25 @@ class Engine:
                 OSError,
             )
 
-    def publish(self, kind: TaskKind[Any, Any], task_id: str, payload: dict[str, Any]) -> None:
+    def publish(
+        self,
+        kind: TaskKind[Any, Any],
+        task_id: str,
+        payload: dict[str, Any],
+        notices: Sequence[str] | None = None,
+    ) -> None:
         """Blocking publish (run it in a thread); waits for the broker's confirm on AMQP.
 
         Every wait is bounded by the publish timeout (pool, connection, confirm), so a
-        stalled broker gives the client a 503, not a hung request.
+        stalled broker gives the client a 503, not a hung request. ``notices`` are the
+        webhook events the task's record asks for, when the caller knows them: a worker
+        then reads the record for a notice only when one is owed (``None``: it reads).
         """
         send_bounded(
             self.celery,
             self.settings,
             kind.name,
-            [payload, time.time()],
+            [payload, time.time(), None if notices is None else list(notices)],
             queue=kind.queue,
             task_id=task_id,
         )

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -220,10 +220,16 @@ class WorkerRuntime:
         task_id: str,
         payload: dict[str, Any],
         submitted_at: float | None = None,
+        notices: Collection[str] | None = None,
     ) -> None:
-        """Run one delivery of a task; ``submitted_at`` (epoch) measures its queue wait."""
+        """Run one delivery of a task; ``submitted_at`` (epoch) measures its queue wait.
+
+        ``notices``, when the message carries them, are the webhook events the task's
+        record asks for: with none asked, no notice is looked up (two reads of the record
+        fewer). ``None`` (a message that does not say) means look in the record.
+        """
         with task_context(task_id, kind.name):
-            self._execute(kind, task_id, payload, submitted_at)
+            self._execute(kind, task_id, payload, submitted_at, notices)
 
     def _execute(
         self,
@@ -231,6 +237,7 @@ class WorkerRuntime:
         task_id: str,
         payload: dict[str, Any],
         submitted_at: float | None,
+        notices: Collection[str] | None,
     ) -> None:
         try:
             attempt = self._retrying(within_s=kind.limits.timeout_s / 2)(
@@ -250,7 +257,8 @@ class WorkerRuntime:
                 metrics.TASK_QUEUE_WAIT.labels(kind.name).observe(
                     max(0.0, time.time() - submitted_at)
                 )
-            self._announce(task_id, "started")
+            if notices is None or "started" in notices:
+                self._announce(task_id, "started")
         began = time.perf_counter()
         ctx = self.context
         ctx.task_id = task_id
@@ -273,5 +281,6 @@ class WorkerRuntime:
         metrics.TASK_RUN.labels(kind.name).observe(time.perf_counter() - began)
         status = self._finish(kind, task_id, result=result, error=error)
         metrics.TASKS_FINISHED.labels(kind.name, status.value).inc()
-        self._announce(task_id, "completed")
+        if notices is None or "completed" in notices:
+            self._announce(task_id, "completed")
         log.info("%s task %s finished: %s", kind.name, task_id, status.value)
