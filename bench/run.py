@@ -504,6 +504,10 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
         )
     runs = [ctx.with_ratios(polled), ctx.with_ratios(waited), ctx.with_ratios(burst)]
     runs += [ctx.with_ratios(run) for run in quarter]
+    if engine == "rabbitmq+redis":  # issue #7: throughput >= 50 % of the engine ceiling
+        for run in (polled, waited, burst):
+            share = (run.get("vs_engine_ceiling") or {}).get("tasks_per_s")
+            target(run, "tasks/s / engine ceiling >= 0.5", share, 0.5, at_most=False)
     return {"runs": runs}
 
 
@@ -541,6 +545,14 @@ def scenario_euro(ctx: Context) -> dict[str, Any]:
             kind="euro.results",
         )
         cached["source_requests"] = ctx.fixtures.hits - hits_before
+        if ctx.engine == "rabbitmq+redis" and ctx.overhead_tps and cached["tasks_per_s"]:
+            target(
+                cached,
+                "tasks/s / overhead scenario's (debug.echo, submit + long-poll) >= 0.8",
+                round(cached["tasks_per_s"] / ctx.overhead_tps, 3),
+                0.8,
+                at_most=False,
+            )
         runs = [ctx.with_ratios(uncached), ctx.with_ratios(cached)]
     return {"runs": runs}
 
