@@ -601,36 +601,31 @@ def scenario_audio(ctx: Context) -> dict[str, Any]:
             runs.append(ctx.with_ratios(run))
             if name == LONG_WAV:
                 ranged = run
-        # The same 300 s WAV from a server that ignores Range: the service's fallback path,
-        # which downloads the whole file and reads its header with soundfile (no decode).
-        full = measure(
-            stack,
-            _load(
+        # The 300 s WAV from a server that ignores Range, two ways: the service's fallback
+        # (audio.length downloads the whole file and reads its header with soundfile, no
+        # decode), and the baseline through the same platform (debug.audio_decode
+        # downloads the whole file and decodes every sample with librosa, as a naive
+        # audio.length would).
+        whole = {
+            kind: measure(
                 stack,
-                "audio.length",
-                _audio_input(ctx.fixtures.url, LONG_WAV, "files-norange"),
-                deadline_s=10,
-            ),
-            name=f"audio.length {LONG_WAV}, server ignores Range (full download)",
-            engine=stack.engine,
-            kind="audio.length",
-        )
-        runs.append(ctx.with_ratios(full))
-        # The baseline, through the same platform: debug.audio_decode downloads the
-        # whole file and decodes every sample with librosa, as a naive audio.length would.
-        naive = measure(
-            stack,
-            _load(
-                stack,
-                "debug.audio_decode",
-                _audio_input(ctx.fixtures.url, LONG_WAV, "files-norange"),
-                deadline_s=10,
-            ),
-            name=f"debug.audio_decode {LONG_WAV} (full download + librosa decode)",
-            engine=stack.engine,
-            kind="debug.audio_decode",
-        )
-        runs.append(ctx.with_ratios(naive))
+                _load(
+                    stack,
+                    kind,
+                    _audio_input(ctx.fixtures.url, LONG_WAV, "files-norange"),
+                    deadline_s=10,
+                ),
+                name=f"{kind} {LONG_WAV}, {label}",
+                engine=stack.engine,
+                kind=kind,
+            )
+            for kind, label in (
+                ("audio.length", "server ignores Range (full download)"),
+                ("debug.audio_decode", "full download + librosa decode"),
+            )
+        }
+        runs += [ctx.with_ratios(run) for run in whole.values()]
+        full, naive = whole["audio.length"], whole["debug.audio_decode"]
     # The cheapest librosa decode (native rate, no resampling) is the baseline of the
     # target; librosa.load's default (resampled to 22.05 kHz, mono) is printed beside it.
     decode_ms = _librosa_decode_ms(files_dir / LONG_WAV, sr=None)

@@ -58,18 +58,20 @@ class SqliteChannel(SqlAlchemyChannel):
             raise RuntimeError("the embedded channel has no connection")
         return str(client.hostname)
 
+    def _database(self) -> str:
+        return self._url().removeprefix("sqlite:///")
+
     def _open(self) -> Any:
-        url = self._url()
-        if url in self._engines:
+        if self._url() in self._engines:
             return super()._open()
-        with _schema_lock(url.removeprefix("sqlite:///")):
+        with _schema_lock(self._database()):
             return super()._open()
 
     def _get_or_create(self, queue: str) -> Any:
         found = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
         if found is not None:
             return found
-        with _schema_lock(self._url().removeprefix("sqlite:///")):
+        with _schema_lock(self._database()):
             # The stock method, now alone across processes: it re-reads, then inserts.
             return super()._get_or_create(queue)  # type: ignore[misc]  # untyped in the stubs
 

@@ -609,9 +609,9 @@ class AsyncRedisTaskStore:
         wakes the requests waiting on that task. (A subscription per waiting request would
         cost a Redis connection each: pub/sub connections are closed, not pooled.)
 
-        It also stops at ``_closing``, not only when cancelled: redis-py's reads under a
-        timeout can turn a cancellation that lands as the timeout fires into a plain
-        timeout (Python 3.11), and the loop would then run on after ``close``."""
+        It also stops at ``_closing``, not only when cancelled: once in CI a cancellation
+        was lost somewhere inside redis-py's timed reads, the loop ran on, and ``close``
+        waited on it until the test's 300 s timeout."""
         while not self._closing:
             try:
                 async with self._r.pubsub() as pubsub:
