@@ -60,8 +60,11 @@ def test_callback_options_are_not_passed_to_the_task_input(
     (payload,) = conn.execute("SELECT payload FROM kombu_message").fetchone()
     conn.close()
     message = json.loads(payload)
-    (payload, _submitted_at), _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    (payload, _submitted_at, notices), _kwargs, _embed = json.loads(
+        base64.b64decode(message["body"])
+    )
     assert payload == {"audio_url": WAV_URL}
+    assert notices == ["completed"]  # the worker learns from the message which notices it owes
 
 
 def test_classic_callback_true_uses_the_default_url(hooked: TestClient) -> None:
