@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import pytest
+from kombu import Connection
 
 from asyncml.engine import Engine
-from asyncml.engine.embedded import exclusive, recover_unacked
+from asyncml.engine.embedded import broker_url, exclusive, recover_unacked
 from asyncml.registry import default_registry
 from asyncml.settings import Settings
 from asyncml.store import TaskRecord, TaskStatus, utcnow
@@ -148,3 +152,43 @@ def test_processes_opening_a_fresh_broker_together_all_publish(settings: Setting
         finally:
             conn.close()
         assert count == processes
+
+
+def test_one_channel_used_from_two_threads_keeps_every_message(settings: Settings) -> None:
+    # A worker's consumer thread polls while Celery's pool thread requeues a lost task's
+    # message through the same channel; both must work and no message may go missing.
+    settings.data_dir.mkdir(parents=True)
+    connection = Connection(broker_url(settings.data_dir))
+    channel: Any = connection.channel()
+    channel._new_queue("q")
+    errors: list[str] = []
+    counts = {"put": 0, "got": 0}
+    until = time.monotonic() + 1.5
+
+    def consume() -> None:
+        while time.monotonic() < until:
+            try:
+                channel._get("q")
+                counts["got"] += 1
+            except Empty:
+                pass
+            except Exception as exc:  # what the test is about: none may happen
+                errors.append(repr(exc))
+
+    def requeue() -> None:
+        while time.monotonic() < until:
+            try:
+                channel._put("q", {"body": "x", "headers": {}, "properties": {}})
+                counts["put"] += 1
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=consume), threading.Thread(target=requeue)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    left = channel._size("q")
+    connection.release()
+    assert errors == []
+    assert counts["put"] > 0 and counts["got"] + left == counts["put"]

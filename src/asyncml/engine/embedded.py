@@ -1,6 +1,6 @@
 """The embedded broker: kombu's SQLAlchemy transport over one SQLite file, tuned for one host.
 
-Three gaps of the stock transport are closed here:
+Four gaps of the stock transport are closed here:
 
 * it hands its transport options to ``create_engine``, so the virtual transport's
   ``polling_interval`` cannot be set through them; the subclass takes it out first and
@@ -13,7 +13,9 @@ Three gaps of the stock transport are closed here:
   the API and the workers of a fresh data folder start together, and the loser of that
   race got "table already exists" (which kombu's retry turns into a closed channel and an
   AttributeError) or a duplicate queue row. Here a lock file next to the database holds
-  across processes.
+  across processes;
+* its channel's session breaks when two threads use it at once, which Celery 5.7 does
+  (see ``SqliteChannel``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import fcntl
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +55,36 @@ def _schema_lock(database: str) -> Iterator[None]:
 
 
 class SqliteChannel(SqlAlchemyChannel):
+    """One SQLAlchemy session per channel, used by one thread at a time.
+
+    Celery 5.7 runs a worker's ack and reject callbacks at once in the thread that reports
+    the task's end (the prefork pool's result handler) when the transport has no event
+    loop, as this one has not. A reject that requeues (a worker process lost) then writes
+    through the channel's session while the consumer thread polls with it: the session's
+    transaction broke, its connection kept SQLite's write lock, and the worker stopped
+    taking tasks. Every use of the session here holds the channel's lock.
+    """
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        self._session_lock = threading.RLock()
+        super().__init__(connection, **kwargs)
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as in kombu-stubs
+        with self._session_lock:
+            super()._put(queue, payload, **kwargs)
+
+    def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
+        with self._session_lock:
+            return super()._get(queue)
+
+    def _purge(self, queue: str) -> int:
+        with self._session_lock:
+            return int(super()._purge(queue))
+
+    def _size(self, queue: str) -> int:
+        with self._session_lock:
+            return int(super()._size(queue))
+
     def _url(self) -> str:
         client = self.connection.client
         if client is None:
@@ -68,12 +101,13 @@ class SqliteChannel(SqlAlchemyChannel):
             return super()._open()
 
     def _get_or_create(self, queue: str) -> Any:
-        found = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
-        if found is not None:
-            return found
-        with _schema_lock(self._database()):
-            # The stock method, now alone across processes: it re-reads, then inserts.
-            return super()._get_or_create(queue)  # type: ignore[misc]  # untyped in the stubs
+        with self._session_lock:
+            found = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
+            if found is not None:
+                return found
+            with _schema_lock(self._database()):
+                # The stock method, now alone across processes: it re-reads, then inserts.
+                return super()._get_or_create(queue)  # type: ignore[misc]  # untyped in the stubs
 
     def _engine_from_config(self) -> Any:
         from sqlalchemy import create_engine, event
