@@ -159,6 +159,28 @@ def _error_kind(response: httpx.Response) -> str:
     return f"http_{response.status_code}:{kind}" if kind else f"http_{response.status_code}"
 
 
+async def _poll_until_final(
+    client: httpx.AsyncClient, record: Any, drained: float, result: LoadResult
+) -> Any | None:
+    """Long-poll one task until it is final, until `drained` at most; the final record, or
+    None with the reason counted in `result.errors`. Transport errors are the caller's."""
+    while record.get("status") not in FINAL:
+        remaining = drained - time.perf_counter()
+        if remaining <= 0:
+            result.errors["unfinished"] += 1
+            return None
+        wait = max(1, min(LONG_POLL_S, math.floor(remaining)))
+        try:
+            response = await client.get(f"/v1/tasks/{record['id']}", params={"wait": wait})
+        finally:
+            result.requests += 1
+        if response.status_code != 200:
+            result.errors[f"poll:{_error_kind(response)}"] += 1
+            return None
+        record = response.json()
+    return record
+
+
 async def run_load(
     base_url: str,
     kind: str,
@@ -215,24 +237,13 @@ async def run_load(
         await wait_final(client, sample, record)
 
     async def wait_final(client: httpx.AsyncClient, sample: Sample, record: Any) -> None:
-        while record.get("status") not in FINAL:
-            remaining = drained - time.perf_counter()
-            if remaining <= 0:
-                result.errors["unfinished"] += 1
-                return
-            wait = max(1, min(LONG_POLL_S, math.floor(remaining)))
-            try:
-                response = await client.get(f"/v1/tasks/{record['id']}", params={"wait": wait})
-            except httpx.HTTPError as exc:
-                result.errors[f"poll:{type(exc).__name__}"] += 1
-                return
-            finally:
-                result.requests += 1
-            if response.status_code != 200:
-                result.errors[f"poll:{_error_kind(response)}"] += 1
-                return
-            record = response.json()
-        _seen(sample, record, result)
+        try:
+            final = await _poll_until_final(client, record, drained, result)
+        except httpx.HTTPError as exc:
+            result.errors[f"poll:{type(exc).__name__}"] += 1
+            return
+        if final is not None:
+            _seen(sample, final, result)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal next_index
@@ -313,20 +324,9 @@ async def run_open_loop(
             if response.status_code not in (200, 202):
                 result.errors[f"submit:{_error_kind(response)}"] += 1
                 return
-            record = response.json()
-            while record.get("status") not in FINAL:
-                remaining = drained - time.perf_counter()
-                if remaining <= 0:
-                    result.errors["unfinished"] += 1
-                    return
-                wait = max(1, min(LONG_POLL_S, math.floor(remaining)))
-                response = await client.get(f"/v1/tasks/{record['id']}", params={"wait": wait})
-                result.requests += 1
-                if response.status_code != 200:
-                    result.errors[f"poll:{_error_kind(response)}"] += 1
-                    return
-                record = response.json()
-            _seen(sample, record, result)
+            final = await _poll_until_final(client, response.json(), drained, result)
+            if final is not None:
+                _seen(sample, final, result)
         except httpx.HTTPError as exc:
             sample.submit_end = sample.submit_end or time.perf_counter()
             result.errors[f"http:{type(exc).__name__}"] += 1

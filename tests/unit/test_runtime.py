@@ -52,8 +52,10 @@ def runtime(settings: Settings) -> Iterator[WorkerRuntime]:
     rt.store.close()
 
 
-def queued(store: SqliteTaskStore, task_id: str = "t1") -> str:
-    store.create(TaskRecord(id=task_id, kind="x", status=TaskStatus.QUEUED, submitted_at=utcnow()))
+def queued(store: SqliteTaskStore, task_id: str = "t1", **fields: Any) -> str:
+    store.create(
+        TaskRecord(id=task_id, kind="x", status=TaskStatus.QUEUED, submitted_at=utcnow(), **fields)
+    )
     return task_id
 
 
@@ -205,20 +207,6 @@ class _CountingStore(SqliteTaskStore):
         return super().get(task_id)
 
 
-def _with_callback(store: SqliteTaskStore, task_id: str, events: list[str]) -> str:
-    callback = Callback(url="https://hooks.example/h", events=events)
-    store.create(
-        TaskRecord(
-            id=task_id,
-            kind="x",
-            status=TaskStatus.QUEUED,
-            submitted_at=utcnow(),
-            callback=callback,
-        )
-    )
-    return task_id
-
-
 @pytest.mark.parametrize(
     ("events", "notices", "sent", "reads"),
     [
@@ -241,7 +229,8 @@ def test_notices_named_by_the_message_are_the_ones_looked_up_and_sent(
     runtime._store = counting = _CountingStore(settings.store_path(), ttl_s=60)
     queued_notices: list[str] = []
     runtime.notify = lambda task_id, event, body: queued_notices.append(event)
-    runtime.execute(double, _with_callback(store, "t1", events), {"n": 1}, None, notices)
+    callback = Callback(url="https://hooks.example/h", events=events)
+    runtime.execute(double, queued(store, callback=callback), {"n": 1}, None, notices)
     assert queued_notices == sent
     assert counting.reads == reads
     record = store.get("t1")
