@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asyncml.errors import Unauthorized
+from asyncml.records import ApiKey, utcnow
 from asyncml.store import AsyncTaskStore
-from asyncml.store.records import ApiKey, utcnow
 
 log = logging.getLogger(__name__)
 

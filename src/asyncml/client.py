@@ -41,7 +41,7 @@ from asyncml.errors import (
     TaskTimeout,
     error_class_for,
 )
-from asyncml.store.records import TaskRecord
+from asyncml.records import TaskRecord
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LONG_POLL_S = 30.0  # the server's cap on ?wait=

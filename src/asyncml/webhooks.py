@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from asyncml.errors import AsyncmlError, FetchBlocked, FetchError
+from asyncml.records import Event
 from asyncml.store import Delivery, TaskRecord, TaskStore, utcnow
-from asyncml.store.records import Event
 
 if TYPE_CHECKING:
     from asyncml.fetch import Fetcher

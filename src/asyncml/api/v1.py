@@ -23,10 +23,10 @@ from asyncml.api.deps import (
 )
 from asyncml.errors import InputInvalid, ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
+from asyncml.records import Event, TaskPage
 from asyncml.registry import Registry
 from asyncml.settings import Settings
 from asyncml.store import Callback, TaskRecord, TaskStatus, utcnow
-from asyncml.store.records import Event, TaskPage
 from asyncml.webhooks import notice
 
 log = logging.getLogger(__name__)

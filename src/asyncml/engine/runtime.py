@@ -29,10 +29,10 @@ from asyncml.errors import (
 from asyncml.fetch import Fetcher
 from asyncml.kinds import TaskContext, TaskKind
 from asyncml.logging import task_context
+from asyncml.records import Event
 from asyncml.settings import Settings
 from asyncml.store import Delivery, ErrorBody, TaskStatus, TaskStore, open_store, utcnow
 from asyncml.store.dead_letters import DeadLetter
-from asyncml.store.records import Event
 from asyncml.webhooks import notice
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,7 @@ SQLite in the embedded default.
 
 from __future__ import annotations
 
-from asyncml.settings import Settings
-from asyncml.store.base import AsyncTaskStore, Cancelled, TaskStore
-from asyncml.store.records import (
+from asyncml.records import (
     FINAL_STATUSES,
     Callback,
     Delivery,
@@ -19,6 +17,8 @@ from asyncml.store.records import (
     TaskStatus,
     utcnow,
 )
+from asyncml.settings import Settings
+from asyncml.store.base import AsyncTaskStore, Cancelled, TaskStore
 
 
 def open_store(settings: Settings) -> TaskStore:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
 from asyncml.store.dead_letters import DeadLetter
-from asyncml.store.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
 
 
 @dataclass(frozen=True)

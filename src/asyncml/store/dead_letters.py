@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from asyncml.store.records import Callback, ErrorBody
+from asyncml.records import Callback, ErrorBody
 
 # Kept this long, or until purged or replayed: long enough for an operator to notice.
 DEAD_LETTER_TTL_S = 14 * 24 * 3600

@@ -24,10 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from asyncml.errors import InputInvalid, ServiceUnavailable
-from asyncml.store.base import Cancelled
-from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
-from asyncml.store.notices import FinishNotices
-from asyncml.store.records import (
+from asyncml.records import (
     ApiKey,
     Callback,
     Delivery,
@@ -36,6 +33,9 @@ from asyncml.store.records import (
     TaskRecord,
     TaskStatus,
 )
+from asyncml.store.base import Cancelled
+from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.notices import FinishNotices
 
 log = logging.getLogger(__name__)
 

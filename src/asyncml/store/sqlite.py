@@ -23,10 +23,7 @@ from typing import Any
 import anyio.to_thread
 
 from asyncml.errors import InputInvalid, ServiceUnavailable
-from asyncml.store.base import Cancelled
-from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
-from asyncml.store.notices import FinishNotices
-from asyncml.store.records import (
+from asyncml.records import (
     ApiKey,
     Callback,
     Delivery,
@@ -35,6 +32,9 @@ from asyncml.store.records import (
     TaskRecord,
     TaskStatus,
 )
+from asyncml.store.base import Cancelled
+from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.notices import FinishNotices
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
