@@ -1,5 +1,6 @@
 """asyncml: submit a job over HTTP, get an id at once, collect the result later."""
 
+from asyncml._version import __version__
 from asyncml.client import AsyncClient, Client, Task
 from asyncml.errors import (
     AsyncmlError,
@@ -16,8 +17,6 @@ from asyncml.errors import (
 )
 from asyncml.kinds import Limits, TaskContext, TaskKind, task_kind
 from asyncml.settings import Settings
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",

@@ -139,7 +139,7 @@ def _prefer_wait(wait_s: float) -> dict[str, str]:
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
-    from asyncml import __version__
+    from asyncml._version import __version__
 
     headers = {"user-agent": f"asyncml-client/{__version__}"}
     if api_key:

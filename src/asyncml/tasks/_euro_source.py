@@ -55,7 +55,7 @@ class SourcePolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SourcePolicy:
-        from asyncml import __version__
+        from asyncml._version import __version__
 
         contact = settings.scraper_contact.strip()
         return cls(

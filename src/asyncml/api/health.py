@@ -1,0 +1,56 @@
+"""Probes and metrics: /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import hmac
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from asyncml import metrics
+from asyncml.api.deps import ServicesDep
+from asyncml.errors import ServiceUnavailable, Unauthorized
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and serving; says nothing about the broker or store."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready only when both the broker and the result store answer."""
+    checks: dict[str, str] = {}
+    try:
+        await anyio.to_thread.run_sync(services.engine.ping_broker)
+        checks["broker"] = "ok"
+    except ServiceUnavailable as exc:
+        checks["broker"] = exc.message
+    try:
+        await services.store.ping()
+        checks["result_store"] = "ok"
+    except ServiceUnavailable as exc:
+        checks["result_store"] = exc.message
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", **checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(services: ServicesDep, request: Request) -> Response:
+    """Prometheus text exposition; queue depths are read from the broker on scrape."""
+    token = services.settings.metrics_token
+    if token is not None:
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+            raise Unauthorized("send the metrics token: Authorization: Bearer <token>")
+    depth = metrics.QueueDepth(services.engine.queue_depths)
+    body = await anyio.to_thread.run_sync(metrics.exposition, [depth])
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
