@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
-from processes import ServiceProcess, service_env, wait_until_ready
-from services import RabbitMQServer, RedisServer, free_ports
+
+from .fixture_server import FixtureServer
+from .processes import ServiceProcess, service_env, wait_until_ready
+from .services import RabbitMQServer, RedisServer, free_ports
 
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtb2YtdGhlLWludGVncmF0aW9uLXN0YWNr"  # test only
 _HERE = Path(__file__).parent

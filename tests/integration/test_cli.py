@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import httpx
-from fixture_server import FixtureServer
-from services import free_ports
+
+from .fixture_server import FixtureServer
+from .services import free_ports
 
 
 def asyncml(*args: str) -> subprocess.CompletedProcess[str]:

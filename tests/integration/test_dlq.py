@@ -17,10 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
-from http_api import submit_audio, wait_final
-from processes import Launcher, ServiceProcess, descendants, service_env, wait_until_ready
-from services import free_ports
+
+from .fixture_server import FixtureServer
+from .http_api import submit_audio, wait_final
+from .processes import Launcher, ServiceProcess, descendants, service_env, wait_until_ready
+from .services import free_ports
 
 MAX_ATTEMPTS = 3  # audio.length's Limits.max_attempts
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
-from http_api import wait_final
-from processes import Launcher, service_env, wait_until_ready
-from services import free_ports
+
+from .fixture_server import FixtureServer
+from .http_api import wait_final
+from .processes import Launcher, service_env, wait_until_ready
+from .services import free_ports
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import httpx
-from fixture_server import FixtureServer
-from http_api import wait_final
+
+from .fixture_server import FixtureServer
+from .http_api import wait_final
 
 
 def publish(

@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
-from http_api import submit_audio, wait_final
-from processes import ServiceProcess
-from services import free_ports
+
+from .fixture_server import FixtureServer
+from .http_api import submit_audio, wait_final
+from .processes import ServiceProcess
+from .services import free_ports
 
 AUTH = ("ops", "flower-test-pw")
 

@@ -11,12 +11,13 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from fixture_server import FixtureServer
-from http_api import wait_final
-from processes import Launcher, ServiceProcess, service_env, wait_until_ready
-from services import free_ports
 
 from asyncml.models import BUNDLED_DIR
+
+from .fixture_server import FixtureServer
+from .http_api import wait_final
+from .processes import Launcher, ServiceProcess, service_env, wait_until_ready
+from .services import free_ports
 
 pytestmark = pytest.mark.usefixtures("models_worker")
 

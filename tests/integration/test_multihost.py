@@ -31,12 +31,13 @@ from typing import Any
 
 import httpx
 import pytest
-from http_api import submit_audio, wait_final
-from netns import NetnsUnavailable, Network
-from processes import ServiceProcess, service_env, wait_until_ready
-from services import RabbitMQServer, RedisServer
 
 from asyncml.auth import key_file_line, make_key
+
+from .http_api import submit_audio, wait_final
+from .netns import NetnsUnavailable, Network
+from .processes import ServiceProcess, service_env, wait_until_ready
+from .services import RabbitMQServer, RedisServer
 
 ROLES = ("broker", "files", "api", "client", "w1", "w2", "w3")
 WORKERS = ("w1", "w2", "w3")

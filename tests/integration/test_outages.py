@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
-from http_api import submit_audio, wait_final
-from processes import Launcher, service_env, wait_until_ready
-from receiver import Receiver
-from services import RabbitMQServer, RedisServer, free_ports
 
 from asyncml.webhooks import verify_signature
+
+from .fixture_server import FixtureServer
+from .http_api import submit_audio, wait_final
+from .processes import Launcher, service_env, wait_until_ready
+from .receiver import Receiver
+from .services import RabbitMQServer, RedisServer, free_ports
 
 WEBHOOK_SECRET = "whsec_" + "b3V0YWdlLXRlc3Qtc2VjcmV0LW9mLXRoZS1jYW5jZWwtbm90aWNl"  # test only
 

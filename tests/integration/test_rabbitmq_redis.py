@@ -10,9 +10,10 @@ import time
 from typing import Any
 
 import httpx
-from fixture_server import FixtureServer
-from http_api import submit_audio, wait_final
-from processes import ServiceProcess, descendants
+
+from .fixture_server import FixtureServer
+from .http_api import submit_audio, wait_final
+from .processes import ServiceProcess, descendants
 
 
 def test_v1_submit_returns_the_audio_length(api: httpx.Client, files: FixtureServer) -> None:

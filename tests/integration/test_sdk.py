@@ -6,12 +6,13 @@ import asyncio
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
 
 from asyncml.client import AsyncClient, Client
 from asyncml.errors import InputInvalid, TaskFailed, TaskNotFound
 from asyncml.store import TaskStatus
 from asyncml.tasks.audio import AudioLengthOut
+
+from .fixture_server import FixtureServer
 
 
 @pytest.fixture

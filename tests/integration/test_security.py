@@ -21,10 +21,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from fixture_server import FixtureServer
-from http_api import wait_final
-from processes import ServiceProcess, service_env, wait_until_ready
-from services import RabbitMQServer, RedisServer, free_ports
+
+from .fixture_server import FixtureServer
+from .http_api import wait_final
+from .processes import ServiceProcess, service_env, wait_until_ready
+from .services import RabbitMQServer, RedisServer, free_ports
 
 DRAW = {"draw_date": "20-11-2026"}
 

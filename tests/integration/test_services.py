@@ -8,7 +8,8 @@ import uuid
 import kombu
 import pytest
 import redis
-from services import RabbitMQServer, RedisServer
+
+from .services import RabbitMQServer, RedisServer
 
 # Publisher confirms: once publish() returns, a persistent message is on disk.
 _CONFIRMED = {"confirm_publish": True}

@@ -10,12 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import WEBHOOK_SECRET
-from fixture_server import FixtureServer
-from http_api import wait_final
-from receiver import HANG, Receiver
 
 from asyncml.webhooks import verify_signature
+
+from .conftest import WEBHOOK_SECRET
+from .fixture_server import FixtureServer
+from .http_api import wait_final
+from .receiver import HANG, Receiver
 
 
 @pytest.fixture(scope="module")

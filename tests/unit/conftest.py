@@ -5,12 +5,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from euro_pages import EuroSource
 from fastapi.testclient import TestClient
 
 from asyncml.api import create_app
 from asyncml.settings import Settings
 from asyncml.store.sqlite import SqliteTaskStore
+
+from .euro_pages import EuroSource
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from audio_files import write_audio
 
 from asyncml.errors import AudioTruncated
 from asyncml.kinds import TaskContext
@@ -19,6 +18,8 @@ from asyncml.settings import Settings
 from asyncml.tasks._probe import probe_audio, probe_wav_head
 from asyncml.tasks.audio import AudioLengthOut, audio_length
 from asyncml.tasks.debug import audio_decode
+
+from .audio_files import write_audio
 
 
 class RangeServer:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from euro_pages import results_page
 
 from asyncml.errors import EuroPageChanged
 from asyncml.tasks._euro_page import ParsedDraw, parse_results_page
+
+from .euro_pages import results_page
 
 DAY = date(2024, 5, 10)  # 12 stars in play
 SOURCE = "http://127.0.0.1/results/10-05-2024"

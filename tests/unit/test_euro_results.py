@@ -11,7 +11,6 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from euro_pages import EuroSource, Reply, results_page
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -23,6 +22,8 @@ from asyncml.settings import Settings
 from asyncml.store import TaskRecord, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
 from asyncml.tasks.euro import TIME_LIMIT_S, EuroResultsIn, euro_results
+
+from .euro_pages import EuroSource, Reply, results_page
 
 DATE = "10-05-2024"  # a Friday
 ISO = "2024-05-10"

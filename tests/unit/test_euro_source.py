@@ -14,7 +14,6 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from euro_pages import EuroSource, Reply, results_page
 
 from asyncml.errors import EuroDrawNotFound, FetchBlocked, FetchError, FetchTooLarge
 from asyncml.fetch import Fetched, Fetcher
@@ -26,6 +25,8 @@ from asyncml.tasks._euro_source import (
     fetch_page,
     retry_after_seconds,
 )
+
+from .euro_pages import EuroSource, Reply, results_page
 
 DATE = "10-05-2024"
 PAGE = results_page()

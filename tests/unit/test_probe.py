@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_files import (
+
+from asyncml.errors import AudioError, AudioNotAudio, AudioTruncated
+from asyncml.tasks._probe import probe_audio
+
+from .audio_files import (
     clear_flac_total_samples,
     cut,
     cut_in_half,
@@ -17,9 +21,6 @@ from audio_files import (
     patch_wav_sizes,
     write_audio,
 )
-
-from asyncml.errors import AudioError, AudioNotAudio, AudioTruncated
-from asyncml.tasks._probe import probe_audio
 
 
 @pytest.fixture

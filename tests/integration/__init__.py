@@ -1,0 +1,1 @@
+"""Integration tests: real RabbitMQ, Redis, worker processes and HTTP servers on loopback."""

@@ -1,0 +1,1 @@
+"""Unit tests: no brokers, no network; safe under pytest-xdist."""
