@@ -14,8 +14,7 @@ check: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/mypy tests/unit
-	.venv/bin/mypy tests/integration
+	.venv/bin/mypy tests
 
 unit: install
 	.venv/bin/pytest tests/unit -n auto -q
