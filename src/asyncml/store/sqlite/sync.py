@@ -1,16 +1,11 @@
-"""Embedded task store on SQLite: no server, survives restarts, shared by API and workers.
+"""The sync side of the embedded store (workers, CLI, and the API through ``aio``).
 
 WAL mode lets the API read while a worker writes; every state change is a single
 ``UPDATE ... WHERE status IN (...)`` so the compare-and-set is atomic across processes.
-Waiting is a poll (SQLite has no cross-process notification): one watcher per API process
-asks every 10 ms which awaited tasks are final, in one query for all of them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import json
 import os
 import sqlite3
@@ -20,92 +15,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
-
-from asyncml.errors import InputInvalid, ServiceUnavailable
-from asyncml.records import (
-    ApiKey,
-    Callback,
-    Delivery,
-    ErrorBody,
-    TaskPage,
-    TaskRecord,
-    TaskStatus,
-)
+from asyncml.errors import ServiceUnavailable
+from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
-from asyncml.store.notices import FinishNotices
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    result TEXT,
-    error TEXT,
-    submitted_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    expires_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    callback TEXT,
-    deliveries TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
-CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS api_keys (
-    name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, entry TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, task_id TEXT NOT NULL, expires_at REAL
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    task_id TEXT PRIMARY KEY, entry TEXT NOT NULL, dead_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
-"""
-_ADDED_COLUMNS = {
-    "attempts": "INTEGER NOT NULL DEFAULT 0",
-    "callback": "TEXT",
-    "deliveries": "TEXT",
-    "owner": "TEXT NOT NULL DEFAULT ''",
-}
-# After the columns exist (a data folder of an earlier version gets them first).
-_INDEXES = """
-CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner);
-CREATE INDEX IF NOT EXISTS tasks_owner_status ON tasks (owner, status);
-"""
-_COLUMNS = (
-    "id, kind, status, result, error, submitted_at, started_at, finished_at, callback, "
-    "deliveries, owner"
+from asyncml.store.sqlite.schema import (
+    ADDED_COLUMNS,
+    COLUMNS,
+    INDEXES,
+    SCHEMA,
+    row_to_record,
+    rowid_from,
 )
-_PURGE_EVERY = 500
 
-
-def _rowid_from(cursor: str) -> int:
-    if not (cursor.startswith("r") and cursor[1:].isdigit()):
-        raise InputInvalid("cursor: not a cursor this server gave out")
-    return int(cursor[1:])
-
-
-def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
-    id_, kind, status, result, error, submitted, started, finished, callback, deliveries, owner = (
-        row
-    )
-    return TaskRecord(
-        owner=owner,
-        callback=None if callback is None else Callback.model_validate_json(callback),
-        deliveries={} if deliveries is None else json.loads(deliveries),
-        id=id_,
-        kind=kind,
-        status=TaskStatus(status),
-        result=None if result is None else json.loads(result),
-        error=None if error is None else ErrorBody.model_validate_json(error),
-        submitted_at=datetime.fromisoformat(submitted),
-        started_at=None if started is None else datetime.fromisoformat(started),
-        finished_at=None if finished is None else datetime.fromisoformat(finished),
-    )
+_PURGE_EVERY = 500  # finishes between two purges of expired records
 
 
 class SqliteTaskStore:
@@ -118,12 +41,12 @@ class SqliteTaskStore:
         self._finishes = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-            for name, ddl in _ADDED_COLUMNS.items():  # data folders of earlier versions
+            for name, ddl in ADDED_COLUMNS.items():  # data folders of earlier versions
                 if name not in columns:
                     conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
-            conn.executescript(_INDEXES)
+            conn.executescript(INDEXES)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -187,13 +110,13 @@ class SqliteTaskStore:
             params.append(kind)
         if cursor is not None:
             where.append("rowid < ?")
-            params.append(_rowid_from(cursor))
+            params.append(rowid_from(cursor))
         rows = self._execute(
-            f"SELECT rowid, {_COLUMNS} FROM tasks WHERE {' AND '.join(where)} "  # noqa: S608  # constant SQL; values are parameters
+            f"SELECT rowid, {COLUMNS} FROM tasks WHERE {' AND '.join(where)} "  # noqa: S608  # constant SQL; values are parameters
             "ORDER BY rowid DESC LIMIT ?",
             (*params, limit + 1),
         ).fetchall()
-        page = [_row_to_record(row[1:]) for row in rows[:limit]]
+        page = [row_to_record(row[1:]) for row in rows[:limit]]
         more = len(rows) > limit
         return TaskPage(tasks=page, next_cursor=f"r{rows[limit - 1][0]}" if more else None)
 
@@ -217,10 +140,10 @@ class SqliteTaskStore:
 
     def get(self, task_id: str) -> TaskRecord | None:
         row = self._execute(
-            f"SELECT {_COLUMNS} FROM tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",  # noqa: S608  # a constant column list
+            f"SELECT {COLUMNS} FROM tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",  # noqa: S608  # a constant column list
             (task_id, time.time()),
         ).fetchone()
-        return None if row is None else _row_to_record(row)
+        return None if row is None else row_to_record(row)
 
     def delete(self, task_id: str) -> None:
         self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
@@ -393,87 +316,3 @@ class SqliteTaskStore:
 def _dead_letter_horizon() -> float:
     """Entries that died at or before this moment (epoch) have expired."""
     return time.time() - DEAD_LETTER_TTL_S
-
-
-class AsyncSqliteTaskStore:
-    """The API's side: each call runs in a worker thread so the event loop never blocks."""
-
-    _WATCH_S = 0.01
-
-    def __init__(self, store: SqliteTaskStore) -> None:
-        self._store = store
-        self._notices = FinishNotices()
-        self._watcher: asyncio.Task[None] | None = None
-
-    async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
-        return await anyio.to_thread.run_sync(
-            functools.partial(self._store.create, record, max_open=max_open)
-        )
-
-    async def list_tasks(
-        self,
-        owner: str,
-        *,
-        status: TaskStatus | None = None,
-        kind: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> TaskPage:
-        return await anyio.to_thread.run_sync(
-            functools.partial(
-                self._store.list_tasks, owner, status=status, kind=kind, limit=limit, cursor=cursor
-            )
-        )
-
-    async def key_get(self, digest: str) -> ApiKey | None:
-        return await anyio.to_thread.run_sync(self._store.key_get, digest)
-
-    async def get(self, task_id: str) -> TaskRecord | None:
-        return await anyio.to_thread.run_sync(self._store.get, task_id)
-
-    async def delete(self, task_id: str) -> None:
-        await anyio.to_thread.run_sync(self._store.delete, task_id)
-
-    async def cancel(self, task_id: str, at: datetime) -> Cancelled:
-        return await anyio.to_thread.run_sync(self._store.cancel, task_id, at)
-
-    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
-        """SQLite cannot notify across processes, so one watcher per API process asks, every
-        ``_WATCH_S``, which of the awaited tasks are final (one query for all of them), and
-        wakes their requests."""
-        deadline = time.monotonic() + timeout_s
-        with self._notices.registered(task_id) as notice:
-            record = await self.get(task_id)
-            if record is None or record.final or timeout_s <= 0:
-                return record
-            if self._watcher is None or self._watcher.done():
-                self._watcher = asyncio.get_running_loop().create_task(self._watch())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(notice), deadline - time.monotonic())
-            return await self.get(task_id)
-
-    async def _watch(self) -> None:
-        while self._notices:
-            try:
-                awaited = self._notices.awaited()
-                final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
-            except ServiceUnavailable:
-                final = []  # a locked or missing file: the requests time out as usual
-            self._notices.wake(final)
-            await asyncio.sleep(self._WATCH_S)
-
-    async def claim_key(
-        self, key: str, fingerprint: str, task_id: str, ttl_s: int
-    ) -> tuple[str, str] | None:
-        return await anyio.to_thread.run_sync(
-            self._store.claim_key, key, fingerprint, task_id, ttl_s
-        )
-
-    async def release_key(self, key: str) -> None:
-        await anyio.to_thread.run_sync(self._store.release_key, key)
-
-    async def ping(self) -> None:
-        await anyio.to_thread.run_sync(self._store.ping)
-
-    async def close(self) -> None:
-        self._store.close()

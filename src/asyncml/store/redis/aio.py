@@ -1,0 +1,200 @@
+"""The async side of the Redis store (the API): records, listing, idempotency, long-polls.
+
+A waiting client registers for the task's finish notice *before* reading the record, so a
+finish that lands between the read and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from asyncml.records import ApiKey, TaskPage, TaskRecord, TaskStatus
+from asyncml.store.base import Cancelled
+from asyncml.store.notices import FinishNotices
+from asyncml.store.redis import codec, scripts
+from asyncml.store.redis.connection import async_retry, client_options, translated
+from asyncml.store.redis.scripts import CHANNEL_PREFIX, IDEMPOTENCY_PREFIX, KEY_PREFIX
+
+log = logging.getLogger(__name__)
+
+_LIST_SCAN_MAX = 5000  # index entries one list request may read before it returns a cursor
+
+
+class AsyncRedisTaskStore:
+    def __init__(self, url: str, *, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._r = aioredis.Redis.from_url(url, **client_options(), retry=async_retry())
+        self._notices = FinishNotices()
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+        self._cancel = self._r.register_script(scripts.CANCEL)
+        self._create = self._r.register_script(scripts.CREATE)
+        self._delete = self._r.register_script(scripts.DELETE)
+
+    async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        keys, args = codec.create_call(record, self.ttl_s, max_open)
+        with translated():
+            return bool(await self._create(keys=keys, args=args))
+
+    async def list_tasks(
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Walk the owner's index newest first (score = submit time, ties by id), reading
+        records in batches; ids whose record expired are dropped from the index on the way."""
+        after = codec.parse_cursor(cursor)
+        top: float | str = "+inf" if after is None else after[0]
+        found: list[TaskRecord] = []
+        last: tuple[float, str] | None = None
+        scanned, offset, batch = 0, 0, max(2 * limit, 50)
+        index = scripts.OWNER_PREFIX + owner
+        with translated():
+            while scanned < _LIST_SCAN_MAX:
+                entries = await self._r.zrevrangebyscore(
+                    index, top, "-inf", start=offset, num=batch, withscores=True
+                )
+                if not entries:
+                    return TaskPage(tasks=found)
+                offset += len(entries)
+                pairs: list[Any] = list(entries)  # (member, score) with withscores
+                ids = [(codec.decode(member), float(score)) for member, score in pairs]
+                if after is not None:
+                    ids = [(i, sc) for i, sc in ids if sc < after[0] or i < after[1]]
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for task_id, _ in ids:
+                        pipe.hgetall(codec.key(task_id))
+                    raws = await pipe.execute()
+                gone = []
+                for (task_id, score), raw in zip(ids, raws, strict=True):
+                    scanned += 1
+                    last = (score, task_id)
+                    record = codec.parse(raw)
+                    if record is None:
+                        gone.append(task_id)
+                        continue
+                    if (status is None or record.status is status) and (
+                        kind is None or record.kind == kind
+                    ):
+                        found.append(record)
+                        if len(found) == limit:
+                            break
+                if gone:
+                    await self._r.zrem(index, *gone)
+                if len(found) == limit:
+                    break
+        # A full page (or the scan bound): more may follow; an empty next page ends it.
+        next_cursor = None if last is None else codec.format_cursor(*last)
+        return TaskPage(tasks=found, next_cursor=next_cursor)
+
+    async def key_get(self, digest: str) -> ApiKey | None:
+        with translated():
+            raw = await self._r.get(KEY_PREFIX + digest)
+        return None if raw is None else ApiKey.model_validate_json(codec.decode(raw))
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        with translated():
+            return codec.parse(await self._r.hgetall(codec.key(task_id)))
+
+    async def delete(self, task_id: str) -> None:
+        with translated():
+            await self._delete(keys=[codec.key(task_id)])
+
+    async def cancel(self, task_id: str, at: datetime) -> Cancelled:
+        with translated():
+            before = await self._cancel(
+                keys=[codec.key(task_id), codec.channel(task_id)], args=[at.isoformat(), self.ttl_s]
+            )
+        return Cancelled(await self.get(task_id), done=before == b"QUEUED")
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """Register for the task's finish notice, then read the record (a finish that lands
+        in between is seen in the record or by the notice), then wait for the notice. The
+        record is also re-read every second, so a notice lost while the listener
+        reconnects (a Redis restart) costs at most a second."""
+        deadline = time.monotonic() + timeout_s
+        self._ensure_listener()
+        with self._notices.registered(task_id) as notice:
+            record = await self.get(task_id)
+            while record is not None and not record.final:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(asyncio.shield(notice), min(remaining, 1.0))
+                except TimeoutError:
+                    pass
+                record = await self.get(task_id)
+            return record
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        """One subscription per API process to every task's finish channel; each notice
+        wakes the requests waiting on that task. (A subscription per waiting request would
+        cost a Redis connection each: pub/sub connections are closed, not pooled.)
+
+        It also stops at ``_closing``, not only when cancelled: once in CI a cancellation
+        was lost somewhere inside redis-py's timed reads, the loop ran on, and ``close``
+        waited on it until the test's 300 s timeout."""
+        while not self._closing:
+            try:
+                async with self._r.pubsub() as pubsub:
+                    await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                    while not self._closing:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is None or message.get("type") != "pmessage":
+                            continue
+                        channel = codec.decode(message["channel"])
+                        self._notices.wake([channel.removeprefix(CHANNEL_PREFIX)])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone: waiters fall back to their 1 s re-read
+                log.warning("finish notices unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)  # a reconnect back-off, not a wait for an event
+
+    async def claim_key(
+        self, key: str, fingerprint: str, task_id: str, ttl_s: int
+    ) -> tuple[str, str] | None:
+        name = IDEMPOTENCY_PREFIX + key
+        with translated():
+            if await self._r.set(name, f"{task_id} {fingerprint}", nx=True, ex=ttl_s):
+                return None
+            bound = await self._r.get(name)
+        if bound is None:  # expired between the two calls: try once more
+            return await self.claim_key(key, fingerprint, task_id, ttl_s)
+        bound_id, _, bound_print = codec.decode(bound).partition(" ")
+        return bound_id, bound_print
+
+    async def release_key(self, key: str) -> None:
+        with translated():
+            await self._r.delete(IDEMPOTENCY_PREFIX + key)
+
+    async def ping(self) -> None:
+        with translated():
+            await self._r.ping()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            self._listener.cancel()
+            # Bounded: a listener that missed its cancellation sees _closing within its
+            # 1 s read; close must not hang an API shutdown on it either way.
+            done, _ = await asyncio.wait({self._listener}, timeout=3)
+            if not done:
+                log.warning("finish-notice listener did not stop within 3 s")
+        await self._r.aclose()

@@ -1,0 +1,104 @@
+"""The API's side of the embedded store: the sync store's calls in worker threads, and a
+long-poll by watching (SQLite has no cross-process notification): one watcher per API
+process asks every 10 ms which awaited tasks are final, in one query for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from datetime import datetime
+
+import anyio.to_thread
+
+from asyncml.errors import ServiceUnavailable
+from asyncml.records import ApiKey, TaskPage, TaskRecord, TaskStatus
+from asyncml.store.base import Cancelled
+from asyncml.store.notices import FinishNotices
+from asyncml.store.sqlite.sync import SqliteTaskStore
+
+
+class AsyncSqliteTaskStore:
+    """The API's side: each call runs in a worker thread so the event loop never blocks."""
+
+    _WATCH_S = 0.01
+
+    def __init__(self, store: SqliteTaskStore) -> None:
+        self._store = store
+        self._notices = FinishNotices()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._store.create, record, max_open=max_open)
+        )
+
+    async def list_tasks(
+        self,
+        owner: str,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                self._store.list_tasks, owner, status=status, kind=kind, limit=limit, cursor=cursor
+            )
+        )
+
+    async def key_get(self, digest: str) -> ApiKey | None:
+        return await anyio.to_thread.run_sync(self._store.key_get, digest)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return await anyio.to_thread.run_sync(self._store.get, task_id)
+
+    async def delete(self, task_id: str) -> None:
+        await anyio.to_thread.run_sync(self._store.delete, task_id)
+
+    async def cancel(self, task_id: str, at: datetime) -> Cancelled:
+        return await anyio.to_thread.run_sync(self._store.cancel, task_id, at)
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+        """SQLite cannot notify across processes, so one watcher per API process asks, every
+        ``_WATCH_S``, which of the awaited tasks are final (one query for all of them), and
+        wakes their requests."""
+        deadline = time.monotonic() + timeout_s
+        with self._notices.registered(task_id) as notice:
+            record = await self.get(task_id)
+            if record is None or record.final or timeout_s <= 0:
+                return record
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(notice), deadline - time.monotonic())
+            return await self.get(task_id)
+
+    async def _watch(self) -> None:
+        while self._notices:
+            try:
+                awaited = self._notices.awaited()
+                final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
+            except ServiceUnavailable:
+                final = []  # a locked or missing file: the requests time out as usual
+            self._notices.wake(final)
+            await asyncio.sleep(self._WATCH_S)
+
+    async def claim_key(
+        self, key: str, fingerprint: str, task_id: str, ttl_s: int
+    ) -> tuple[str, str] | None:
+        return await anyio.to_thread.run_sync(
+            self._store.claim_key, key, fingerprint, task_id, ttl_s
+        )
+
+    async def release_key(self, key: str) -> None:
+        await anyio.to_thread.run_sync(self._store.release_key, key)
+
+    async def ping(self) -> None:
+        await anyio.to_thread.run_sync(self._store.ping)
+
+    async def close(self) -> None:
+        self._store.close()

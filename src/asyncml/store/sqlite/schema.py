@@ -1,0 +1,84 @@
+"""The embedded store's tables, and how a row becomes a record.
+
+``ADDED_COLUMNS`` upgrades a data folder of an earlier version in place; ``INDEXES`` come
+after it, since they index some of those columns.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from asyncml.errors import InputInvalid
+from asyncml.records import Callback, ErrorBody, TaskRecord, TaskStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    expires_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    callback TEXT,
+    deliveries TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_expires_at ON tasks (expires_at);
+CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, next_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, task_id TEXT NOT NULL, expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    task_id TEXT PRIMARY KEY, entry TEXT NOT NULL, dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
+"""
+ADDED_COLUMNS = {
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "callback": "TEXT",
+    "deliveries": "TEXT",
+    "owner": "TEXT NOT NULL DEFAULT ''",
+}
+# After the columns exist (a data folder of an earlier version gets them first).
+INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner);
+CREATE INDEX IF NOT EXISTS tasks_owner_status ON tasks (owner, status);
+"""
+COLUMNS = (
+    "id, kind, status, result, error, submitted_at, started_at, finished_at, callback, "
+    "deliveries, owner"
+)
+
+
+def rowid_from(cursor: str) -> int:
+    if not (cursor.startswith("r") and cursor[1:].isdigit()):
+        raise InputInvalid("cursor: not a cursor this server gave out")
+    return int(cursor[1:])
+
+
+def row_to_record(row: tuple[Any, ...]) -> TaskRecord:
+    id_, kind, status, result, error, submitted, started, finished, callback, deliveries, owner = (
+        row
+    )
+    return TaskRecord(
+        owner=owner,
+        callback=None if callback is None else Callback.model_validate_json(callback),
+        deliveries={} if deliveries is None else json.loads(deliveries),
+        id=id_,
+        kind=kind,
+        status=TaskStatus(status),
+        result=None if result is None else json.loads(result),
+        error=None if error is None else ErrorBody.model_validate_json(error),
+        submitted_at=datetime.fromisoformat(submitted),
+        started_at=None if started is None else datetime.fromisoformat(started),
+        finished_at=None if finished is None else datetime.fromisoformat(finished),
+    )
