@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from asyncml.errors import AudioTruncated
 from asyncml.kinds import TaskContext
 from asyncml.registry import build_registry
 from asyncml.settings import Settings
+from asyncml.tasks._audio_errors import AudioTruncated
 from asyncml.tasks._probe import probe_audio, probe_wav_head
 from asyncml.tasks.audio import AudioLengthOut, audio_length
 from asyncml.tasks.debug import audio_decode

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asyncml.errors import AudioError, AudioNotAudio, AudioTruncated
+from asyncml.tasks._audio_errors import AudioError, AudioNotAudio, AudioTruncated
 from asyncml.tasks._probe import probe_audio
 
 from .audio_files import (
@@ -274,9 +274,9 @@ def test_wav_whose_header_claims_an_implausible_sample_rate_is_not_audio(
 def test_file_too_large_to_decode_in_full_fails_before_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncml.tasks._probe as probe
+    from asyncml.tasks._probe import decode
 
-    monkeypatch.setattr(probe, "MAX_FULL_DECODE_BYTES", 1000)
+    monkeypatch.setattr(decode, "MAX_FULL_DECODE_BYTES", 1000)
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"\x00\x01" * 2000)  # libsndfile cannot open it: only a full decode could
     with pytest.raises(AudioError, match="too large to decode in full"):

@@ -1,0 +1,34 @@
+"""SSRF-guarded fetching of user-supplied URLs.
+
+A task's input URL is chosen by whoever calls the API, so the worker must not become a way to
+reach the metadata service, the broker or anything else on the private network. Three rooms:
+
+* ``_policy``: which addresses and URLs are refused and why (pure; also used at submit time);
+* ``_transport``: the httpx transport that resolves, checks and dials only checked addresses,
+  with every socket wait clamped to the deadline;
+* ``_fetcher``: ``Fetcher`` (download, get, post) with redirects, caps and readable errors.
+"""
+
+from asyncml.fetch._fetcher import Downloaded, Fetched, Fetcher
+from asyncml.fetch._policy import (
+    IPAddress,
+    Resolver,
+    _redact,
+    address_allowed,
+    literal_refusal,
+    origin,
+    resolve_host,
+)
+
+__all__ = [
+    "Downloaded",
+    "Fetched",
+    "Fetcher",
+    "IPAddress",
+    "Resolver",
+    "_redact",
+    "address_allowed",
+    "literal_refusal",
+    "origin",
+    "resolve_host",
+]
