@@ -159,6 +159,16 @@ def _error_kind(response: httpx.Response) -> str:
     return f"http_{response.status_code}:{kind}" if kind else f"http_{response.status_code}"
 
 
+def _loopback_only(base_url: str) -> None:
+    if not base_url.startswith(("http://127.", "http://localhost")):
+        raise ValueError(f"the load generator talks to loopback only, not {base_url}")
+
+
+def _prefer(wait_s: int) -> dict[str, str]:
+    """`Prefer: wait=N` on submit when N > 0: the answer waits up to N s for the result."""
+    return {"Prefer": f"wait={wait_s}"} if wait_s else {}
+
+
 async def _poll_until_final(
     client: httpx.AsyncClient, record: Any, drained: float, result: LoadResult
 ) -> Any | None:
@@ -203,13 +213,12 @@ async def run_load(
     the queue growing behind it), then long-poll every task; latency then includes the
     backlog, and a result is "seen" only when its turn to be polled comes.
     """
-    if not base_url.startswith(("http://127.", "http://localhost")):
-        raise ValueError(f"the load generator talks to loopback only, not {base_url}")
+    _loopback_only(base_url)
     result = LoadResult()
     next_index = 0
     deadline = time.perf_counter() + deadline_s
     drained = deadline + drain_s
-    headers = {"Prefer": f"wait={prefer_wait_s}"} if prefer_wait_s else {}
+    headers = _prefer(prefer_wait_s)
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     timeout = httpx.Timeout(LONG_POLL_S + 10.0)
 
@@ -298,12 +307,11 @@ async def run_open_loop(
     long-polled until final (or `Prefer: wait=N` on submit). Arrivals while `max_in_flight`
     tasks are open are dropped and counted as `dropped:max_in_flight` (a bounded generator).
     """
-    if not base_url.startswith(("http://127.", "http://localhost")):
-        raise ValueError(f"the load generator talks to loopback only, not {base_url}")
+    _loopback_only(base_url)
     if rate_per_s <= 0:
         raise ValueError("rate_per_s must be positive")
     result = LoadResult(stopped_by="duration")
-    headers = {"Prefer": f"wait={prefer_wait_s}"} if prefer_wait_s else {}
+    headers = _prefer(prefer_wait_s)
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     timeout = httpx.Timeout(LONG_POLL_S + 10.0)
     interval = 1.0 / rate_per_s

@@ -60,14 +60,20 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
-def _hwm_bytes(pid: int) -> int:
+def proc_kb(pid: int, field: str, source: str = "status") -> int | None:
+    """A `Field:  N kB` line of /proc/<pid>/status (VmHWM, VmRSS) or smaps_rollup (Pss)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        text = Path(f"/proc/{pid}/{source}").read_text()
     except OSError:
-        pass
-    return 0
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
+def _hwm_bytes(pid: int) -> int:
+    return (proc_kb(pid, "VmHWM") or 0) * 1024
 
 
 def cmdline(pid: int) -> list[str]:

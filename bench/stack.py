@@ -1,4 +1,4 @@
-"""The real processes of a scenario: servers, the service, and a local fixture server.
+"""The real processes of a scenario: servers, the service, and the ceilings' servers.
 
 Servers and service processes come from the integration tests' helpers (tests/integration:
 `RedisServer`, `RabbitMQServer`, `ServiceProcess`), so the benchmark starts exactly what the
@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
-import threading
-from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+# First on the path, so a bench module must not share a name with a test helper module.
 for _helpers in (ROOT / "tests" / "integration", ROOT / "tests" / "unit"):
     if str(_helpers) not in sys.path:
         sys.path.insert(0, str(_helpers))
 
-from euro_pages import results_page  # noqa: E402  # tests/unit, put on sys.path above
-from processes import ServiceProcess, service_env, wait_until_ready  # noqa: E402
+from processes import ServiceProcess, service_env, wait_until_ready  # noqa: E402  # tests/integration, put on sys.path above
 from procstats import Meter  # noqa: E402
 from services import RabbitMQServer, RedisServer, free_ports  # noqa: E402
 
@@ -41,100 +38,6 @@ BENCH_SERVICE_ENV = {
     "ASYNCML_MODELS_BUNDLED": "false",
     "ASYNCML_DEBUG_KINDS": "true",  # debug.echo, the overhead scenario's kind
 }
-
-
-_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hangs up early (it had the bytes it wanted) is not news."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class FixtureServer:
-    """Results pages at /results/{date} and files of `files_dir` at /files/{name}, on loopback.
-
-    Pages answer every date with the same draw: the parser checks shape, not which draw.
-    Files honour a single `Range: bytes=a-b`, as any static file server or object store does;
-    the same files at /files-norange/{name} ignore Range (always 200 and the whole file), as
-    a server without Range support does: the service's full-download fallback.
-    """
-
-    def __init__(self, files_dir: Path | None = None) -> None:
-        self.files_dir = files_dir
-        self.hits = 0
-        page = results_page().encode()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                server.hits += 1
-                if self.path.startswith("/results/"):
-                    self._send(200, page, "text/html; charset=utf-8")
-                    return
-                path = None
-                if self.path.startswith(("/files/", "/files-norange/")) and server.files_dir:
-                    path = server.files_dir / Path(self.path).name
-                if path is None or not path.is_file():
-                    self.send_error(404)
-                    return
-                # Served the way a static file server is: only the bytes asked for, read from
-                # the file at their offset and sent with sendfile(2), so a 53 MB file costs
-                # this process (the load generator's) next to nothing.
-                total = path.stat().st_size
-                first, last, status = 0, total - 1, 200
-                wanted = _RANGE.match(self.headers.get("Range", ""))
-                ranged = self.path.startswith("/files/")  # /files-norange/ ignores Range
-                if wanted and int(wanted[1]) < total and ranged:
-                    first = int(wanted[1])
-                    last = min(int(wanted[2]) if wanted[2] else total - 1, total - 1)
-                    status = 206
-                self.send_response(status)
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
-                if ranged:
-                    self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(last - first + 1))
-                self.end_headers()
-                with (
-                    path.open("rb") as file,
-                    contextlib.suppress(BrokenPipeError, ConnectionResetError),
-                ):
-                    self.connection.sendfile(file, first, last - first + 1)
-
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FixtureServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 class Infra:
@@ -228,12 +131,7 @@ class EmbeddedStack(Stack):
     engine = "embedded"
 
     def __init__(self, workdir: Path, extra_env: Mapping[str, str]) -> None:
-        (port,) = free_ports(1)
-        env = service_env(
-            data_dir=workdir / "data",
-            api_port=port,
-            extra={**BENCH_SERVICE_ENV, **extra_env},
-        )
+        port, env = bench_service_env(workdir, extra_env)
         self.base_url = f"http://127.0.0.1:{port}"
         self.up = ServiceProcess(
             "up", ["up", "--concurrency", str(WORKER_CONCURRENCY)], env=env, workdir=workdir
@@ -267,23 +165,12 @@ class BrokerStack(Stack):
         queues: str = QUEUES,
         worker_args: tuple[str, ...] = ("--concurrency", str(WORKER_CONCURRENCY)),
     ) -> None:
-        _, rabbitmq = infra.ensure()
         self.infra = infra
-        (port,) = free_ports(1)
-        env = service_env(
-            data_dir=workdir / "data",
-            api_port=port,
-            broker_url=rabbitmq.url,
-            backend_url=infra.redis_url(),
-            extra={**BENCH_SERVICE_ENV, **extra_env},
-        )
+        port, env = bench_service_env(workdir, extra_env, infra)
         self.base_url = f"http://127.0.0.1:{port}"
         self.api = ServiceProcess("api", ["api"], env=env, workdir=workdir).start()
-        self.worker = ServiceProcess(
-            "worker",
-            ["worker", "--queues", queues, *worker_args],
-            env=env,
-            workdir=workdir,
+        self.worker = worker_process(
+            "worker", queues, worker_args, env=env, workdir=workdir
         ).start()
         self.processes = [self.api, self.worker]
         try:
@@ -299,6 +186,62 @@ class BrokerStack(Stack):
     def stop(self) -> None:
         self.worker.stop()
         self.api.stop()
+
+
+class BareStack(Stack):
+    """`ceiling_app.py` on uvicorn, one process: the HTTP ceiling, no broker and no store."""
+
+    engine = "bare-uvicorn"
+
+    def __init__(self, workdir: Path) -> None:
+        (port,) = free_ports(1)
+        self.base_url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        env = clean_env(PYTHONPATH=str(BENCH_DIR))
+        self.process = command_process("bare-uvicorn", argv, env=env, workdir=workdir)
+        self.processes = [self.process]
+        try:
+            wait_until_ready(self.base_url, self.process)
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def meter(self) -> Meter:
+        return Meter({"api": pid_of(self.process)})
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def bench_service_env(
+    workdir: Path, extra_env: Mapping[str, str], infra: Infra | None = None
+) -> tuple[int, dict[str, str]]:
+    """A free API port and the environment of one service under test.
+
+    Its own data folder, the bench's guards lifted (BENCH_SERVICE_ENV), then `extra_env`;
+    on `infra`'s RabbitMQ and a fresh database of its Redis, or embedded without `infra`.
+    """
+    broker_url = backend_url = None
+    if infra is not None:
+        _, rabbitmq = infra.ensure()
+        broker_url, backend_url = rabbitmq.url, infra.redis_url()
+    (port,) = free_ports(1)
+    env = service_env(
+        data_dir=workdir / "data",
+        api_port=port,
+        broker_url=broker_url,
+        backend_url=backend_url,
+        extra={**BENCH_SERVICE_ENV, **extra_env},
+    )
+    return port, env
+
+
+def worker_process(
+    name: str, queues: str, args: Sequence[str], *, env: Mapping[str, str], workdir: Path
+) -> ServiceProcess:
+    """`asyncml worker --queues ...`, not started yet (the footprint scenario times its start)."""
+    return ServiceProcess(name, ["worker", "--queues", queues, *args], env=env, workdir=workdir)
 
 
 def command_process(

@@ -1,0 +1,33 @@
+"""The scenarios of `bench/run.py`, one module each, in the order a full run takes them.
+
+Each scenario takes the invocation's Context and returns its outcome: `runs` (the figures
+of each measured run) and whatever else its JSON line carries. A scenario whose runs do not
+fit the run table (no load figures) brings its own `table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from rich.table import Table
+
+from . import audio, ceilings, euro, footprint, models, overhead
+from .context import Context
+
+
+class Scenario(NamedTuple):
+    run: Callable[[Context], dict[str, Any]]
+    table: Callable[[dict[str, Any]], Table] | None = None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "ceilings": Scenario(ceilings.run),
+    "embedded": Scenario(overhead.run_embedded),
+    "rabbitmq+redis": Scenario(overhead.run_rabbitmq_redis),
+    "euro": Scenario(euro.run),
+    "audio": Scenario(audio.run),
+    "footprint": Scenario(footprint.run, footprint.table),
+    "models": Scenario(models.run),
+}
+ALIASES = {"overhead": ["embedded", "rabbitmq+redis"]}

@@ -1,0 +1,175 @@
+"""The ceilings: the least an HTTP request and a Celery task can cost on this machine.
+
+HTTP: `ceiling_app.py`, a bare FastAPI app on uvicorn, driven like the service. Engine:
+`celery_noop.py`, a Celery no-op round trip on the run's RabbitMQ and Redis. Both run first
+in an invocation, so every later run is also given as a share of them (Context.with_ratios).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from loadgen import LoadResult, Sample
+from procstats import Meter
+from stack import (
+    BENCH_DIR,
+    WORKER_CONCURRENCY,
+    BareStack,
+    clean_env,
+    command_process,
+    pid_of,
+    started,
+)
+
+from .context import Context
+from .measure import Bounds, closed_loop, measure, warm
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    runs = []
+    with started(BareStack(ctx.workdir / "bare")) as bare:
+        warm(bare, "noop", lambda i: {"i": i}, 50)
+        http = measure(
+            bare,
+            closed_loop(bare, "noop", lambda i: {"i": i}, ctx.bounds),
+            name="http ceiling (bare FastAPI, submit + 1 poll)",
+            engine="bare-uvicorn",
+        )
+    ctx.ceilings.http = http
+    runs.append(http)
+
+    redis_server, rabbitmq = ctx.infra.ensure()
+    backend = ctx.infra.redis_url()
+    env = clean_env(
+        PYTHONPATH=str(BENCH_DIR), BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend
+    )
+    # celery_noop reads its URLs when imported: set them first.
+    os.environ.update(BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend)
+    import celery_noop
+
+    argv = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "-Q", "bench_noop"]
+    argv += ["--concurrency", str(WORKER_CONCURRENCY), "-P", "prefork", "--loglevel", "INFO"]
+    worker = command_process("celery-noop", argv, env=env, workdir=ctx.workdir)
+    try:
+        worker.wait_for_line(" ready.", timeout=60)
+
+        def load(bounds: Bounds) -> Callable[[], LoadResult]:
+            return lambda: asyncio.run(_celery_round_trips(celery_noop.app, backend, bounds))
+
+        load(replace(ctx.bounds, max_tasks=50, seconds=30))()
+        engine = measure(
+            Meter({"workers": pid_of(worker), **ctx.infra.pids()}),
+            load(ctx.bounds),
+            name="engine ceiling (Celery no-op round trip)",
+            engine="rabbitmq+redis",
+        )
+    finally:
+        worker.stop()
+        celery_noop.app.close()
+    ctx.ceilings.engine = engine
+    runs.append(engine)
+    ctx.ceilings.redis_benchmark = _redis_benchmark(redis_server.port, ctx.bounds.clients)
+    return {"runs": runs, "redis_benchmark": ctx.ceilings.redis_benchmark}
+
+
+async def _celery_round_trips(app: Any, redis_url: str, bounds: Bounds) -> LoadResult:
+    """Closed loop like run_load: publish a no-op, await its result's Redis publication.
+
+    Celery's Redis backend PUBLISHes each result on its key's channel; one pattern
+    subscription resolves every waiting client, so no thread blocks per task.
+    """
+    import redis.asyncio
+    from celery_noop import QUEUE, TASK
+
+    result = LoadResult()
+    waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+    client = redis.asyncio.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.psubscribe("celery-task-meta-*")
+    confirmed = await pubsub.get_message(timeout=5)
+    if not confirmed or confirmed["type"] != "psubscribe":
+        raise RuntimeError(f"no psubscribe confirmation from {redis_url}: {confirmed}")
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            if message["type"] != "pmessage":
+                continue
+            task_id = message["channel"].decode().removeprefix("celery-task-meta-")
+            future = waiting.pop(task_id, None)
+            if future is not None and not future.done():
+                future.set_result(json.loads(message["data"]))
+
+    loop = asyncio.get_running_loop()
+    deadline = time.perf_counter() + bounds.seconds
+    drained = deadline + 10.0  # as run_load: in-flight tasks may finish after the deadline
+    issued = 0
+
+    async def client_loop() -> None:
+        nonlocal issued
+        while issued < bounds.max_tasks:
+            if time.perf_counter() >= deadline:
+                result.stopped_by = "deadline"
+                return
+            issued += 1
+            task_id = str(uuid.uuid4())
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            waiting[task_id] = future
+            sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+            result.samples.append(sample)
+            try:
+                await asyncio.to_thread(app.send_task, TASK, task_id=task_id, queue=QUEUE)
+            except Exception as exc:  # a broker refusal is a result here, not a crash
+                result.errors[f"submit:{type(exc).__name__}"] += 1
+                continue
+            sample.submit_end = time.perf_counter()
+            try:
+                meta = await asyncio.wait_for(future, max(0.1, drained - time.perf_counter()))
+            except TimeoutError:
+                result.errors["unfinished"] += 1
+                waiting.pop(task_id, None)
+                return
+            sample.seen = time.perf_counter()
+            sample.status = meta.get("status")
+            if sample.status != "SUCCESS":
+                result.errors[f"task:{sample.status}"] += 1
+
+    listener = asyncio.create_task(listen())
+    result.started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(bounds.clients)))
+    result.ended = time.perf_counter()
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    await client.aclose()
+    return result
+
+
+def _redis_benchmark(port: int, clients: int) -> dict[str, float] | None:
+    """redis-benchmark's PING, SET and GET per second with `clients` clients, when installed."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    argv = [binary, "-h", "127.0.0.1", "-p", str(port), "-n", "50000", "-c", str(clients)]
+    argv += ["-t", "ping,set,get", "--csv"]
+    out = subprocess.run(  # noqa: S603  # a fixed argv of a local binary, loopback only
+        argv, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    figures: dict[str, float] = {}
+    for line in out.splitlines():
+        cells = [c.strip('"') for c in line.split(",")]
+        if len(cells) >= 2 and cells[0] != "test":
+            with contextlib.suppress(ValueError):
+                figures[cells[0].lower().replace(" ", "_") + "_per_s"] = float(cells[1])
+    return figures
