@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients must be 1-256 and --seconds 1-60: runs stay bounded")
     bounds = Bounds(clients=args.clients, seconds=args.seconds)
     chosen: list[str] = []
-    for name in args.scenarios or list(SCENARIOS):
+    everything = [name for name in SCENARIOS if name != "ceilings" or not args.no_ceilings]
+    for name in args.scenarios or everything:
         if name not in SCENARIOS and name not in ALIASES:
             parser.error(f"unknown scenario {name!r}")
         for one in ALIASES.get(name, [name]):
