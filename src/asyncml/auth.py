@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from asyncml.errors import Unauthorized
-from asyncml.records import ApiKey, utcnow
+from asyncml.errors import TaskNotFound, Unauthorized
+from asyncml.records import ApiKey, TaskRecord, utcnow
 from asyncml.store import AsyncTaskStore
 
 log = logging.getLogger(__name__)
@@ -168,3 +168,17 @@ class Authenticator:
             self._cache.clear()
         self._cache[wanted] = (now, key)
         return key
+
+
+async def owned_task(
+    store: AsyncTaskStore, task_id: str, caller: Caller, *, wait_s: float = 0
+) -> TaskRecord:
+    """The caller's task, or 404: another key's task looks exactly like an unknown id.
+
+    With ``wait_s``, long-poll until the task is final, but only for the caller's own."""
+    record = await store.get(task_id)
+    if wait_s > 0 and record is not None and record.owner == caller.owner and not record.final:
+        record = await store.wait(task_id, wait_s)
+    if record is None or record.owner != caller.owner:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    return record

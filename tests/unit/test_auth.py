@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 
 from asyncml.api import create_app
 from asyncml.api.limits import DEPTH_TTL_S, QueueGate
-from asyncml.auth import digest, key_file_line, make_key, parse_key_file
+from asyncml.auth import CACHE_S, digest, key_file_line, make_key, parse_key_file
 from asyncml.errors import ServiceUnavailable
 from asyncml.settings import Settings
 from asyncml.store import TaskStatus, utcnow
@@ -29,11 +30,13 @@ Headers = Callable[[str], dict[str, str]]
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, str]:
-    """Three provisioned keys: alice and bob (defaults), tiny (2/second, 2 unfinished)."""
+    """Provisioned keys: alice and bob (defaults), tiny (2/second, 2 unfinished) and capped
+    (2 unfinished at the default rate, so that its cap is reached before any rate)."""
     made = {
         "alice": make_key("alice"),
         "bob": make_key("bob"),
         "tiny": make_key("tiny", rate="2/second", max_unfinished=2),
+        "capped": make_key("capped", max_unfinished=2),
     }
     (tmp_path / "keys").write_text("\n".join(key_file_line(rec) for _, rec in made.values()))
     return {name: key for name, (key, _) in made.items()}
@@ -197,11 +200,9 @@ def test_key_over_its_rate_gets_429_with_retry_after_and_ratelimit_headers(
 def test_key_at_its_cap_of_unfinished_tasks_gets_429_until_one_finishes(
     api: TestClient, as_: Headers, keyed_settings: Settings
 ) -> None:
-    first = submit(api, as_("tiny"))
-    time.sleep(1.1)  # tiny's rate is 2/second
-    submit(api, as_("tiny"))
-    time.sleep(1.1)
-    refused = api.post("/v1/tasks/euro.results", json=DRAW, headers=as_("tiny"))
+    first = submit(api, as_("capped"))
+    submit(api, as_("capped"))
+    refused = api.post("/v1/tasks/euro.results", json=DRAW, headers=as_("capped"))
     assert refused.status_code == 429
     assert "unfinished" in refused.json()["message"]
     assert "retry-after" in refused.headers
@@ -209,19 +210,54 @@ def test_key_at_its_cap_of_unfinished_tasks_gets_429_until_one_finishes(
     store = SqliteTaskStore(keyed_settings.store_path(), ttl_s=60)
     store.start(first, utcnow())
     store.finish(first, TaskStatus.SUCCESS, utcnow(), result=[1, 2, 3, 4, 5, 1, 2])
-    time.sleep(1.1)
-    assert api.post("/v1/tasks/euro.results", json=DRAW, headers=as_("tiny")).status_code == 202
+    assert api.post("/v1/tasks/euro.results", json=DRAW, headers=as_("capped")).status_code == 202
+
+
+def test_retry_with_the_same_idempotency_key_at_the_cap_gets_its_original_task(
+    api: TestClient, as_: Headers
+) -> None:
+    once = {"Idempotency-Key": "order-7"}
+    first = api.post("/v1/tasks/euro.results", json=DRAW, headers=as_("capped") | once)
+    submit(api, as_("capped"))  # the key is now at its cap of 2 unfinished tasks
+    again = api.post("/v1/tasks/euro.results", json=DRAW, headers=as_("capped") | once)
+    assert (first.status_code, again.status_code) == (202, 200), again.json()
+    assert again.json()["id"] == first.json()["id"]
+    other = api.post(
+        "/v1/tasks/euro.results", json=DRAW, headers=as_("capped") | {"Idempotency-Key": "order-8"}
+    )
+    assert other.status_code == 429  # a new request is still refused at the cap
+    after = api.post(
+        "/v1/tasks/euro.results", json=DRAW, headers=as_("capped") | {"Idempotency-Key": "order-8"}
+    )
+    assert after.status_code == 429  # and its refused key did not stay bound
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told: a test ages a reading at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def test_full_queue_refuses_submissions_with_503_and_queues_nothing(
     tmp_path: Path, queued_messages: Callable[[], int], settings: Settings
 ) -> None:
     capped = settings.model_copy(update={"max_queue_depth": 3})
+    clock = ManualClock()
     with TestClient(create_app(capped)) as client:
+        gate = client.app.state.services.submitter.queues  # type: ignore[attr-defined]  # a Starlette app
+        assert isinstance(gate, QueueGate)
+        gate.clock = clock
         accepted = 0
         for _ in range(4):
             accepted += client.post("/v1/tasks/euro.results", json=DRAW).status_code == 202
-        time.sleep(1.1)  # depths are read at most once a second
+        clock.advance(DEPTH_TTL_S)  # the API reads depths at most once a second
         refused = client.post("/v1/tasks/euro.results", json=DRAW)
     assert accepted == 4  # the first read saw an empty queue: the cap may overshoot by 1 s
     assert refused.status_code == 503
@@ -237,8 +273,13 @@ def test_revoked_key_is_refused_within_a_second(api: TestClient, keyed_settings:
     headers = {"Authorization": f"Bearer {key}"}
     assert api.get("/v1/tasks", headers=headers).status_code == 200
     assert store.key_revoke("carol")
-    time.sleep(1.05)
-    assert api.get("/v1/tasks", headers=headers).status_code == 401
+    revoked_at = time.monotonic()
+    while True:  # the key was looked up (and remembered) before the revoke
+        asked_after = time.monotonic() - revoked_at
+        if api.get("/v1/tasks", headers=headers).status_code == 401:
+            break
+        assert asked_after < CACHE_S + 0.5, f"still accepted {asked_after:.2f} s after revoking"
+        time.sleep(0.05)  # probe interval, bounded by the assertion above
 
 
 def test_a_key_name_is_taken_once(keyed_settings: Settings) -> None:
@@ -371,23 +412,26 @@ class _SlowDepths:
 
     def __init__(self) -> None:
         self.depth = 0
+        self.reading = threading.Event()  # set once a reading after the first has begun
         self.release = threading.Event()
         self.readings = 0
 
     def queue_depths(self) -> dict[str, int]:
         self.readings += 1
         if self.readings > 1:
+            self.reading.set()
             self.release.wait(10)
         return {"euro": self.depth}
 
 
 def test_a_depth_refresh_in_progress_does_not_hold_up_other_submissions() -> None:
     engine = _SlowDepths()
-    gate = QueueGate(engine, max_depth=5)  # type: ignore[arg-type]  # the one method it calls
+    clock = ManualClock()
+    gate = QueueGate(engine, max_depth=5, clock=clock)  # type: ignore[arg-type]  # one method
 
     async def scenario() -> list[str]:
         await gate.admit("euro")  # the first reading: there is nothing older to use
-        gate._read_at -= DEPTH_TTL_S  # a second later
+        clock.advance(DEPTH_TTL_S)  # a second later
         engine.depth = 5
         order: list[str] = []
 
@@ -403,7 +447,9 @@ def test_a_depth_refresh_in_progress_does_not_hold_up_other_submissions() -> Non
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(refresher)
-            await anyio.sleep(0.05)  # the refresher now holds the lock, blocked on the broker
+            # Once the refresher is in the broker round trip, it holds the lock.
+            began = await anyio.to_thread.run_sync(engine.reading.wait, 10)
+            assert began, "the refresher never began its reading"
             tasks.start_soon(other)
         return order
 

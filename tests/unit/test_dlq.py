@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -22,9 +23,10 @@ from asyncml.errors import ServiceUnavailable
 from asyncml.kinds import TaskContext, TaskKind, task_kind
 from asyncml.registry import default_registry
 from asyncml.settings import Settings
-from asyncml.store import Callback, ErrorBody, TaskRecord, TaskStatus, utcnow
+from asyncml.store import Callback, ErrorBody, TaskRecord, TaskStatus, open_async_store, utcnow
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.sqlite import SqliteTaskStore
+from asyncml.submission import Submitter
 
 runner = CliRunner()
 
@@ -262,9 +264,19 @@ def test_replay_that_cannot_publish_keeps_the_entry_and_leaves_no_record(
 ) -> None:
     store.dead_letter_add(entry(kind="audio.length"))
     engine = _BrokerDown(settings, default_registry())
+
+    async def replay_once() -> None:
+        async_store = open_async_store(settings)
+        try:
+            await replay(
+                store, Submitter(settings, engine, async_store), entry(kind="audio.length")
+            )
+        finally:
+            await async_store.close()
+
     try:
         with pytest.raises(ServiceUnavailable):
-            replay(store, engine, entry(kind="audio.length"))
+            asyncio.run(replay_once())
     finally:
         engine.close()
     assert store.dead_letter_get("t1") is not None
@@ -307,6 +319,25 @@ def test_retry_submits_a_new_task_and_removes_the_entry(
     assert store.dead_letter_get(old_id) is None
     old = store.get(old_id)
     assert old is not None and old.status is TaskStatus.FAILURE  # state only moves forward
+
+
+@pytest.mark.parametrize("kind", ["model.iris", "debug.echo"])
+def test_retry_replays_kinds_that_are_not_built_in(
+    cli: Callable[..., Any],
+    store: SqliteTaskStore,
+    queued_messages: Callable[[], int],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    """The CLI builds the registry the API and the workers build: model and debug kinds."""
+    monkeypatch.setenv("ASYNCML_DEBUG_KINDS", "true")
+    store.dead_letter_add(entry(kind=kind))
+    done = cli("dlq", "retry", "t1", "--json")
+    assert done.exit_code == 0, done.output
+    (replayed,) = json.loads(done.stdout)["replayed"]
+    new = store.get(replayed["new_task_id"])
+    assert new is not None and new.kind == kind and new.status is TaskStatus.QUEUED
+    assert queued_messages() == 1
 
 
 def test_retry_prints_old_id_then_new_id(cli: Callable[..., Any], store: SqliteTaskStore) -> None:

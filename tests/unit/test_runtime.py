@@ -12,6 +12,7 @@ import pytest
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import BaseModel
 
+from asyncml.engine.notices import TaskNotices
 from asyncml.engine.runtime import WorkerRuntime
 from asyncml.errors import FetchBlocked, ServiceUnavailable
 from asyncml.kinds import TaskContext, TaskKind, task_kind
@@ -181,7 +182,7 @@ def test_redelivery_after_one_worker_death_runs_the_task(
 
 
 def test_download_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    from asyncml.tasks.audio import SCRATCH_PREFIX, remove_orphaned_scratch
+    from asyncml.kinds import SCRATCH_PREFIX, remove_orphaned_scratch
 
     mine = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-abc"
     gone = tmp_path / f"{SCRATCH_PREFIX}{_exited_pid()}-def"
@@ -224,11 +225,11 @@ def test_notices_named_by_the_message_are_the_ones_looked_up_and_sent(
     sent: list[str],
     reads: int,
 ) -> None:
-    runtime = WorkerRuntime(settings, store_retry_s=0.2)
+    queued_notices: list[str] = []
+    outlet = TaskNotices(lambda task_id, event, body, attempt, delay: queued_notices.append(event))
+    runtime = WorkerRuntime(settings, notices=outlet, store_retry_s=0.2)
     runtime.store  # noqa: B018  # open the per-process store, then swap in a counting one
     runtime._store = counting = _CountingStore(settings.store_path(), ttl_s=60)
-    queued_notices: list[str] = []
-    runtime.notify = lambda task_id, event, body: queued_notices.append(event)
     callback = Callback(url="https://hooks.example/h", events=events)
     runtime.execute(double, queued(store, callback=callback), {"n": 1}, None, notices)
     assert queued_notices == sent

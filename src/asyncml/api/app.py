@@ -19,7 +19,8 @@ from asyncml.auth import Authenticator, load_key_file
 from asyncml.engine import Engine
 from asyncml.registry import Registry, build_registry
 from asyncml.settings import Settings, is_loopback_host
-from asyncml.store import open_async_store
+from asyncml.store import check_at_start_async, open_async_store
+from asyncml.submission import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings, registry)
         store = open_async_store(settings)
+        await check_at_start_async(store, settings.store_durability, log)
         file_keys = load_key_file(settings.api_keys_file) if settings.api_keys_file else []
         auth = Authenticator(store, required=settings.auth_required, file_keys=file_keys)
         if settings.auth == "off" and not is_loopback_host(settings.api_host):
@@ -41,14 +43,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                 "anyone who can reach it can submit and read every task",
                 settings.api_host,
             )
+        submitter = Submitter(settings, engine, store, QueueGate(engine, settings.max_queue_depth))
         app.state.services = Services(
-            settings,
-            registry,
-            engine,
-            store,
-            auth,
-            RateGate(settings),
-            QueueGate(engine, settings.max_queue_depth),
+            settings, registry, engine, store, auth, RateGate(settings), submitter
         )
         try:
             yield

@@ -10,15 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Response, status
 from pydantic import BaseModel, StrictBool, create_model
 
-from asyncml.api.deps import (
-    ERROR_RESPONSES,
-    CallerDep,
-    ServicesDep,
-    authenticate,
-    require_json,
-    strict,
-)
+from asyncml.api.deps import CallerDep, ServicesDep, authenticate
+from asyncml.api.schema import ERROR_RESPONSES, require_json, strict
 from asyncml.api.v1 import TaskId
+from asyncml.auth import owned_task
 from asyncml.kinds import TaskKind
 from asyncml.registry import Registry
 from asyncml.store import Callback, TaskStatus
@@ -66,10 +61,10 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
                 log.info("classic %s: callback requested, no default callback URL set", kind.name)
             else:
                 callback = Callback(url=str(url))
-        record, _ = await services.submit(
+        submitted = await services.submitter.submit(
             kind, body, caller=caller, exclude={"callback"}, callback=callback
         )
-        return ClassicAccepted(id=record.id)
+        return ClassicAccepted(id=submitted.record.id)
 
     router.add_api_route(
         kind.classic.path,
@@ -99,7 +94,7 @@ def build_router(registry: Registry) -> APIRouter:
     async def get_task(
         task_id: TaskId, services: ServicesDep, caller: CallerDep, response: Response
     ) -> ClassicTask:
-        record = await services.owned(task_id, caller)
+        record = await owned_task(services.store, task_id, caller)
         response.status_code = 200 if record.final else 202
         result = None
         if record.status is TaskStatus.SUCCESS and record.result is not None:

@@ -11,23 +11,23 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from asyncml.api.deps import (
+from asyncml.api.deps import CallerDep, ServicesDep, authenticate
+from asyncml.api.schema import (
+    CALLBACK_FIELDS,
     ERROR_RESPONSES,
-    CallerDep,
-    ServicesDep,
-    authenticate,
+    CallbackFields,
     require_json,
     strict,
 )
+from asyncml.auth import owned_task
 from asyncml.errors import InputInvalid, ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.kinds import TaskKind
-from asyncml.records import Event, TaskPage
+from asyncml.records import TaskPage
 from asyncml.registry import Registry
 from asyncml.settings import Settings
-from asyncml.store import Callback, TaskRecord, TaskStatus, utcnow
-from asyncml.webhooks import notice
+from asyncml.store import TaskRecord, TaskStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -77,29 +77,14 @@ def kind_view(kind: TaskKind[Any, Any]) -> KindView:
     )
 
 
-_OPTIONS = {"callback_url", "callback_events"}
-
-
 def _request_model(kind: TaskKind[Any, Any]) -> type[BaseModel]:
     """The kind's input plus the route's options, documented in the OpenAPI schema."""
-    clash = _OPTIONS & set(kind.input_model.model_fields)
+    clash = CALLBACK_FIELDS & set(kind.input_model.model_fields)
     if clash:
         raise ValueError(f"{kind.name}: input fields {sorted(clash)} are reserved")
     model: type[BaseModel] = create_model(
         f"{kind.input_model.__name__}Request",
-        __base__=strict(kind.input_model),
-        callback_url=(
-            HttpUrl | None,
-            Field(None, description="POST a signed notice here (Standard Webhooks)."),
-        ),
-        callback_events=(
-            list[Event],
-            Field(
-                default_factory=lambda: list[Event](["completed"]),
-                description="Which events to notify: completed (default), started.",
-                min_length=1,
-            ),
-        ),
+        __base__=(strict(kind.input_model), CallbackFields),
     )
     return model
 
@@ -123,24 +108,22 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
             ),
         ] = None,
     ) -> TaskRecord:
-        url = body.callback_url  # type: ignore[attr-defined]  # added by _request_model
-        events = body.callback_events  # type: ignore[attr-defined]  # likewise
-        callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
-        record, replayed = await services.submit(
+        submitted = await services.submitter.submit(
             kind,
             body,
             caller=caller,
-            exclude=_OPTIONS,
-            callback=callback,
+            exclude=set(CALLBACK_FIELDS),
+            callback=body.callback(),  # type: ignore[attr-defined]  # CallbackFields's
             idempotency_key=idempotency_key,
         )
+        record = submitted.record
         response.headers["Location"] = f"/v1/tasks/{record.id}"
         wait_s = prefer_wait(prefer)
         if wait_s > 0:
             response.headers["Preference-Applied"] = f"wait={wait_s:g}"
             if not record.final:
                 record = await services.store.wait(record.id, wait_s) or record
-        if replayed or record.final:
+        if submitted.replayed or record.final:
             response.status_code = status.HTTP_200_OK
         return record
 
@@ -183,17 +166,16 @@ class BatchAccepted(BaseModel):
     tasks: list[TaskRecord] = Field(description="One task per input, in the inputs' order.")
 
 
+class _BatchOptions(CallbackFields):
+    model_config = ConfigDict(extra="forbid")
+
+
 def _batch_route(router: APIRouter, kind: TaskKind[Any, Any], settings: Settings) -> None:
     item: Any = strict(kind.input_model)
     batch_model: type[BaseModel] = create_model(
         f"{kind.input_model.__name__}Batch",
-        __config__=ConfigDict(extra="forbid"),
+        __base__=_BatchOptions,
         inputs=(list[item], Field(min_length=1, max_length=settings.max_batch_size)),
-        callback_url=(HttpUrl | None, Field(None, description="Notify each task here.")),
-        callback_events=(
-            list[Event],
-            Field(default_factory=lambda: list[Event](["completed"]), min_length=1),
-        ),
     )
 
     async def submit_batch(
@@ -213,32 +195,15 @@ def _batch_route(router: APIRouter, kind: TaskKind[Any, Any], settings: Settings
     ) -> BatchAccepted:
         """All or nothing: if the broker fails part-way, the tasks this request queued are
         cancelled (they will not run) and the answer is 503."""
-        url = body.callback_url  # type: ignore[attr-defined]  # fields of batch_model
-        events = body.callback_events  # type: ignore[attr-defined]
-        callback = None if url is None else Callback(url=str(url), events=sorted(set(events)))
-        accepted: list[TaskRecord] = []
-        created: list[TaskRecord] = []
-        try:
-            for i, one in enumerate(body.inputs):  # type: ignore[attr-defined]
-                record, replayed = await services.submit(
-                    kind,
-                    one,
-                    caller=caller,
-                    callback=callback,
-                    idempotency_key=None if idempotency_key is None else f"{idempotency_key}#{i}",
-                )
-                accepted.append(record)
-                if not replayed:
-                    created.append(record)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                for record in created:
-                    try:
-                        await services.store.cancel(record.id, utcnow())
-                    except ServiceUnavailable:
-                        log.error("batch: task %s queued and not cancelled", record.id)
-            raise
-        if accepted and not created:
+        submitted = await services.submitter.submit_batch(
+            kind,
+            body.inputs,  # type: ignore[attr-defined]  # a field of batch_model
+            caller=caller,
+            callback=body.callback(),
+            idempotency_key=idempotency_key,
+        )
+        accepted = [one.record for one in submitted]
+        if all(one.replayed for one in submitted):
             response.status_code = status.HTTP_200_OK  # a replay: nothing new was queued
         return BatchAccepted(tasks=accepted)
 
@@ -296,7 +261,7 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
             Query(ge=0, le=MAX_WAIT_S, description="Long-poll: seconds to wait for a final state"),
         ] = 0,
     ) -> TaskRecord:
-        return await services.owned(task_id, caller, wait_s=wait)
+        return await owned_task(services.store, task_id, caller, wait_s=wait)
 
     @router.delete(
         "/tasks/{task_id}",
@@ -306,7 +271,7 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
     )
     async def cancel_task(task_id: TaskId, services: ServicesDep, caller: CallerDep) -> TaskRecord:
         """Cancel a task that has not started; it will not run, on any broker."""
-        await services.owned(task_id, caller)  # 404 for another key's task, untouched
+        await owned_task(services.store, task_id, caller)  # 404 for another key's task
         outcome = await services.store.cancel(task_id, utcnow())
         record = outcome.record
         if record is None:
@@ -315,16 +280,12 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
             raise TaskConflict(
                 f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
             )
-        if record.callback is not None and "completed" in record.callback.events:
-            body = notice(record, "completed")
-            try:
-                await anyio.to_thread.run_sync(
-                    services.engine.publish_notice, task_id, "completed", body
-                )
-            except ServiceUnavailable:
-                # The cancel stands. The task's own message is still queued: the worker that
-                # receives it skips the task and queues the notice owed (runtime.py).
-                log.warning("task %s cancelled; its notice will be queued by a worker", task_id)
+        try:
+            await anyio.to_thread.run_sync(services.engine.announce_cancelled, record)
+        except ServiceUnavailable:
+            # The cancel stands. The task's own message is still queued: the worker that
+            # receives it skips the task and queues the notice owed (engine/notices.py).
+            log.warning("task %s cancelled; its notice will be queued by a worker", task_id)
         return record
 
     @router.get("/kinds", response_model=list[KindView], tags=["kinds"])

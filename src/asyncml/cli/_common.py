@@ -16,6 +16,7 @@ from asyncml.errors import (
     TaskNotFound,
     UnknownKind,
 )
+from asyncml.registry import Registry, build_registry
 from asyncml.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -45,6 +46,12 @@ def load_settings() -> Settings:
     except Exception as exc:  # pydantic's ValidationError names the bad variable
         err_console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(EXIT_USAGE) from exc
+
+
+def load_registry() -> Registry:
+    """The registry of the settings (models and debug kinds included), as the API and the
+    workers build it: every command sees the kinds the service serves."""
+    return build_registry(load_settings())
 
 
 def exit_for(exc: AsyncmlError) -> int:

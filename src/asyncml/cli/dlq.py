@@ -8,13 +8,13 @@ prometheus-client, which a worker must import only after choosing its metrics fo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -32,13 +32,13 @@ from asyncml.cli._common import (
     load_settings,
 )
 from asyncml.errors import AsyncmlError, ServiceUnavailable, TaskNotFound
-from asyncml.registry import default_registry
+from asyncml.registry import build_registry
 from asyncml.settings import Settings
-from asyncml.store import TaskRecord, TaskStatus, TaskStore, open_store, utcnow
+from asyncml.store import TaskStore, open_async_store, open_store
 from asyncml.store.dead_letters import DeadLetter
 
 if TYPE_CHECKING:
-    from asyncml.engine import Engine
+    from asyncml.submission import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -85,42 +85,59 @@ def _entry(store: TaskStore, task_id: str) -> DeadLetter:
     return entry
 
 
-def replay(store: TaskStore, engine: Engine, entry: DeadLetter) -> str:
+async def replay(store: TaskStore, submitter: Submitter, entry: DeadLetter) -> str:
     """Submit the entry's task again as a new task; its id. The old record is not touched:
     task state only moves forward, so the old id stays FAILURE.
 
     The entry is claimed first (removed; only one caller can), so two operators replaying
-    at once make one task, not two. Then, as the API submits, the new record is written
-    QUEUED and the message published; if either fails, the record goes and the entry is
-    put back, so a failed replay loses nothing.
+    at once make one task, not two. Then the task goes through the one submission path
+    (``asyncml.submission``), as from the API; if that fails, the entry is put back, so a
+    failed replay loses nothing.
     """
-    kind = engine.registry.get(entry.kind)  # an unknown kind changes nothing
+    kind = submitter.engine.registry.get(entry.kind)  # an unknown kind changes nothing
     if not store.dead_letter_remove(entry.task_id):
         raise TaskNotFound(f"task {entry.task_id} left the dead-letter queue meanwhile")
-    fields: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "kind": kind.name,
-        "status": TaskStatus.QUEUED,
-        "submitted_at": utcnow(),
-        "callback": entry.callback,
-    }
-    if entry.owner is not None:
-        fields["owner"] = entry.owner
-    record = TaskRecord.model_validate(fields)
     try:
-        store.create(record)
-        try:
-            engine.publish(kind, record.id, entry.payload)
-        except BaseException:
-            try:
-                store.delete(record.id)
-            except ServiceUnavailable:
-                log.error("task %s not queued and its record not deleted", record.id)
-            raise
+        record = await submitter.resubmit(
+            kind, entry.payload, owner=entry.owner or "", callback=entry.callback
+        )
     except BaseException:
         _put_back(store, entry)
         raise
     return record.id
+
+
+async def _replay_all(
+    settings: Settings, store: TaskStore, entries: list[DeadLetter], as_json: bool
+) -> tuple[list[dict[str, str]], list[tuple[str, AsyncmlError]]]:
+    """Replay each entry through one engine and one async store (bound to this loop)."""
+    from asyncml.engine import Engine
+    from asyncml.submission import Submitter
+
+    replayed: list[dict[str, str]] = []
+    failed: list[tuple[str, AsyncmlError]] = []
+    engine = Engine(settings, build_registry(settings))
+    async_store = open_async_store(settings)
+    try:
+        submitter = Submitter(settings, engine, async_store)
+        for entry in entries:
+            try:
+                new_id = await replay(store, submitter, entry)
+            except AsyncmlError as exc:
+                failed.append((entry.task_id, exc))
+                if not as_json:
+                    err_console.print(
+                        f"[red]{entry.task_id}: {exc.type}:[/red] {exc.message}",
+                        highlight=False,
+                    )
+                continue
+            replayed.append({"task_id": entry.task_id, "new_task_id": new_id})
+            if not as_json:
+                console.print(f"{entry.task_id} -> {new_id}", highlight=False)
+    finally:
+        await async_store.close()
+        engine.close()
+    return replayed, failed
 
 
 def _put_back(store: TaskStore, entry: DeadLetter) -> None:
@@ -171,31 +188,10 @@ def retry(task_id: IdArg = None, every: AllOpt = False, as_json: JsonOpt = False
     """Replay entries as new tasks (new ids); each replayed entry leaves the queue."""
     _one_or_all(task_id, every)
     settings = load_settings()
-    replayed: list[dict[str, str]] = []
-    failed: list[tuple[str, AsyncmlError]] = []
     try:
         with _opened(settings) as store:
             entries = [_entry(store, task_id)] if task_id is not None else _all_entries(store)
-            from asyncml.engine import Engine
-
-            engine = Engine(settings, default_registry())
-            try:
-                for entry in entries:
-                    try:
-                        new_id = replay(store, engine, entry)
-                    except AsyncmlError as exc:
-                        failed.append((entry.task_id, exc))
-                        if not as_json:
-                            err_console.print(
-                                f"[red]{entry.task_id}: {exc.type}:[/red] {exc.message}",
-                                highlight=False,
-                            )
-                        continue
-                    replayed.append({"task_id": entry.task_id, "new_task_id": new_id})
-                    if not as_json:
-                        console.print(f"{entry.task_id} -> {new_id}", highlight=False)
-            finally:
-                engine.close()
+            replayed, failed = asyncio.run(_replay_all(settings, store, entries, as_json))
     except AsyncmlError as exc:
         raise fail(exc, as_json) from exc
     if as_json:

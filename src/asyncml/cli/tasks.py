@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer._click import Command, Context  # typer types its groups with its vendored click
+from typer.core import TyperGroup
 
 from asyncml.cli._common import (
     DEFAULT_URL,
@@ -18,13 +20,32 @@ from asyncml.cli._common import (
     console,
     emit,
     fail,
+    load_registry,
 )
 from asyncml.client import Client, Task
 from asyncml.errors import AsyncmlError
 from asyncml.kinds import TaskKind
-from asyncml.registry import default_registry
 
-submit_app = typer.Typer(help="Submit a task of one kind; one sub-command per kind.")
+
+class _KindCommands(TyperGroup):
+    """One sub-command per kind of the registry the settings build (models included),
+    made when the command line names it."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [kind.name for kind in load_registry()]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        registry = load_registry()
+        if cmd_name not in registry:
+            return None
+        one = typer.Typer()
+        _submit_command(one, registry.get(cmd_name))
+        return typer.main.get_command(one)
+
+
+submit_app = typer.Typer(
+    cls=_KindCommands, help="Submit a task of one kind; one sub-command per kind."
+)
 app.add_typer(submit_app, name="submit")
 
 # A person is waiting: retry a transient failure briefly, then say so (exit 3).
@@ -134,7 +155,7 @@ def kinds(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOpt
     console.print(table)
 
 
-def _submit_command(kind: TaskKind[Any, Any]) -> None:
+def _submit_command(target: typer.Typer, kind: TaskKind[Any, Any]) -> None:
     """``asyncml submit KIND --field value``: options made from the kind's input model."""
     fields = kind.input_model.model_fields
 
@@ -183,8 +204,4 @@ def _submit_command(kind: TaskKind[Any, Any]) -> None:
     ]
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # for typer
     command.__doc__ = kind.description or f"Submit a {kind.name} task."
-    submit_app.command(kind.name)(command)
-
-
-for _kind in default_registry():
-    _submit_command(_kind)
+    target.command(kind.name)(command)

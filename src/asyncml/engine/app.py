@@ -1,103 +1,41 @@
-"""Celery app construction and the publish path used by the API."""
+"""The Celery app of a process: each kind's task, the delivery task, and the API's handle."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from amqp.exceptions import MessageNacked
 from celery import Celery
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
-from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
+from asyncml.engine.config import WEBHOOK_QUEUE, all_queues, celery_config
+from asyncml.engine.notices import TaskNotices
+from asyncml.engine.publish import send_bounded
 from asyncml.engine.runtime import WorkerRuntime
 from asyncml.errors import ServiceUnavailable
 from asyncml.kinds import TaskKind
+from asyncml.records import TaskRecord
 from asyncml.registry import Registry
 from asyncml.settings import Settings
 
+__all__ = ["WEBHOOK_QUEUE", "Engine", "all_queues", "make_celery"]
+
 log = logging.getLogger(__name__)
-
-WEBHOOK_QUEUE = "webhooks"
-DELIVER_TASK = "asyncml.webhooks.deliver"
-# The embedded broker is polled: a worker that holds only the messages it runs waits a
-# polling interval for the next one after each task. Holding a few more keeps its pool
-# busy; a worker that dies leaves them to the next start's recovery (one host only).
-EMBEDDED_PREFETCH = 8
-NOTICE_ID_PREFIX = "notice:"
-
-
-def all_queues(registry: Registry) -> list[str]:
-    """The kinds' queues and the engine's own (webhook deliveries)."""
-    return sorted({*registry.queues, WEBHOOK_QUEUE})
-
-
-def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
-    """Reliability first: a message is acked only after its task ran, one at a time per child."""
-    embedded = settings.embedded_broker
-    transport_options: dict[str, Any]
-    if embedded:
-        import asyncml.engine.embedded  # noqa: F401  # registers the embedded transport
-
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        transport_options = {"polling_interval": settings.embedded_poll_interval_s}
-    else:
-        transport_options = {"confirm_publish": True}
-    return {
-        "broker_url": settings.broker_url_value(),
-        "broker_transport_options": transport_options,
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_timeout": settings.publish_timeout_s / 3,  # 3 attempts per publish
-        "broker_pool_limit": 10,
-        "broker_pool_acquire_timeout": settings.publish_timeout_s,
-        "task_queues": [
-            Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True)
-            for q in all_queues(registry)
-        ],
-        "task_routes": {
-            DELIVER_TASK: {"queue": WEBHOOK_QUEUE, "routing_key": WEBHOOK_QUEUE},
-            **{k.name: {"queue": k.queue, "routing_key": k.queue} for k in registry},
-        },
-        "task_default_queue": registry.queues[0] if len(registry) else "default",
-        "task_default_delivery_mode": "persistent",
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "task_acks_late": True,
-        # Said explicitly: a hard time limit must ack (Celery's default today), else the
-        # message comes back and the task is killed again, for ever.
-        "task_acks_on_failure": True,
-        "task_acks_on_timeout": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": EMBEDDED_PREFETCH if embedded else 1,
-        "task_ignore_result": True,
-        "result_expires": settings.result_ttl_s,
-        "worker_hijack_root_logger": False,
-        "worker_redirect_stdouts": False,
-        "worker_enable_remote_control": not embedded,
-        "worker_send_task_events": not embedded,
-        # No task-sent event from the API: one more publish per submission, and Flower
-        # learns of each task from the worker's task-received event anyway.
-        "task_send_sent_event": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "broker_channel_error_retry": True,
-    }
 
 
 def make_celery(settings: Settings, registry: Registry) -> Celery:
     app = Celery("asyncml", set_as_current=False)
     app.conf.update(celery_config(settings, registry))
-    runtime = WorkerRuntime(settings)
+    notices = TaskNotices.on_celery(app, settings)
+    runtime = WorkerRuntime(settings, notices=notices)
     for kind in registry:
         _register(app, kind, runtime)
-    _register_delivery(app, runtime)
-    runtime.notify = lambda task_id, event, body: send_notice(app, settings, task_id, event, body)
-    app.asyncml_runtime = runtime  # type: ignore[attr-defined]  # reached by worker signals
+    notices.register_delivery(app, runtime)
     return app
 
 
@@ -133,119 +71,14 @@ def _register(app: Celery, kind: TaskKind[Any, Any], runtime: WorkerRuntime) -> 
     task_failure.connect(on_failure, sender=task, weak=False)
 
 
-def send_bounded(
-    app: Celery,
-    settings: Settings,
-    name: str,
-    args: list[Any],
-    *,
-    queue: str,
-    task_id: str | None = None,
-    countdown: float | None = None,
-) -> None:
-    """Publish one message with every wait bounded (pool, connection, confirm); any failure
-    becomes ServiceUnavailable, so no caller hangs on a stalled broker or sees a 500."""
-    timeout = settings.publish_timeout_s
-    connection_errors: tuple[type[BaseException], ...] = (OperationalError, OSError)
-    try:
-        app.send_task(
-            name,
-            args=args,
-            task_id=task_id,
-            queue=queue,
-            routing_key=queue,
-            countdown=countdown,
-            retry=True,
-            retry_policy={
-                "max_retries": 2,
-                "interval_start": 0.1,
-                "interval_step": 0.2,
-                "interval_max": 0.5,
-            },
-            timeout=timeout,
-            confirm_timeout=timeout,
-        )
-    except MessageNacked as exc:
-        log.warning("broker refused %s message %s", name, task_id)
-        raise ServiceUnavailable("the broker refused the message (nack); retry later") from exc
-    except connection_errors as exc:
-        log.warning("publish of %s %s failed: %s", name, task_id, type(exc).__name__)
-        raise ServiceUnavailable(
-            f"the broker is unavailable, nothing queued ({type(exc).__name__}); retry later"
-        ) from exc
-    except Exception as exc:
-        # Not a known outage, but nothing is queued either: say so, keep the trace.
-        log.exception("unexpected publish failure for %s %s", name, task_id)
-        raise ServiceUnavailable(
-            f"the message could not be queued ({type(exc).__name__}); retry later"
-        ) from exc
-
-
-def send_notice(
-    app: Celery,
-    settings: Settings,
-    task_id: str,
-    event: str,
-    body: dict[str, Any],
-    attempt: int = 1,
-    countdown: float = 0,
-) -> None:
-    """Queue one webhook delivery attempt (a message of its own, never a loop in the API).
-
-    Its message id names the task, the event and the attempt, so the embedded broker's
-    recovery can tell whose notice it is.
-    """
-    send_bounded(
-        app,
-        settings,
-        DELIVER_TASK,
-        [task_id, event, body, attempt],
-        queue=WEBHOOK_QUEUE,
-        task_id=f"{NOTICE_ID_PREFIX}{task_id}:{event}:{attempt}:{uuid.uuid4().hex[:8]}",
-        countdown=countdown or None,
-    )
-
-
-def _register_delivery(app: Celery, runtime: WorkerRuntime) -> None:
-    def deliver(task_id: str, event: str, body: dict[str, Any], attempt: int) -> None:
-        from asyncml.webhooks import deliver_once
-
-        try:
-            delay = deliver_once(
-                runtime.settings,
-                runtime.store,
-                runtime.webhook_fetcher,
-                task_id=task_id,
-                event=event,  # type: ignore[arg-type]  # checked when the notice was made
-                body=body,
-                attempt=attempt,
-            )
-            if delay is not None:
-                send_notice(
-                    app, runtime.settings, task_id, event, body, attempt + 1, countdown=delay
-                )
-        except (ServiceUnavailable, SoftTimeLimitExceeded) as exc:
-            # Store or broker away, or out of time: the message comes back, the notice waits.
-            raise Reject(f"delivery attempt not settled: {exc!r}", requeue=True) from exc
-
-    app.task(
-        name=DELIVER_TASK,
-        shared=False,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        soft_time_limit=math.ceil(runtime.settings.webhook_timeout_s + 10),
-        time_limit=math.ceil(runtime.settings.webhook_timeout_s + 20),
-    )(deliver)
-
-
 class Engine:
-    """The API's handle on the broker: publish a task or check that the broker answers."""
+    """A process's handle on the broker: publish a task, announce a cancel, read depths."""
 
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
         self.celery = make_celery(settings, registry)
+        self.notices = TaskNotices.on_celery(self.celery, settings)
         with self.celery.connection_for_write() as conn:
             # What this transport raises when the broker is away (no I/O here).
             self._connection_errors: tuple[type[BaseException], ...] = (
@@ -278,8 +111,9 @@ class Engine:
             task_id=task_id,
         )
 
-    def publish_notice(self, task_id: str, event: str, body: dict[str, Any]) -> None:
-        send_notice(self.celery, self.settings, task_id, event, body)
+    def announce_cancelled(self, record: TaskRecord) -> None:
+        """Blocking; raises ServiceUnavailable if the notice owed cannot be queued."""
+        self.notices.announce_cancelled(record)
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting in each queue, asked of the broker (blocking; for /metrics)."""

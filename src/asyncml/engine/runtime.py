@@ -6,8 +6,8 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
@@ -27,13 +27,15 @@ from asyncml.errors import (
     describe_errors,
 )
 from asyncml.fetch import Fetcher
-from asyncml.kinds import TaskContext, TaskKind
+from asyncml.kinds import TaskContext, TaskKind, remove_orphaned_scratch
 from asyncml.logging import task_context
 from asyncml.records import Event
 from asyncml.settings import Settings
-from asyncml.store import Delivery, ErrorBody, TaskStatus, TaskStore, open_store, utcnow
+from asyncml.store import ErrorBody, TaskStatus, TaskStore, open_store, utcnow
 from asyncml.store.dead_letters import DeadLetter
-from asyncml.webhooks import notice
+
+if TYPE_CHECKING:
+    from asyncml.engine.notices import TaskNotices
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +47,25 @@ _STORE_RETRY_S = 60.0
 class WorkerRuntime:
     """Per-process state: the store connection and the task context, made after fork."""
 
-    def __init__(self, settings: Settings, *, store_retry_s: float = _STORE_RETRY_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notices: TaskNotices | None = None,
+        store_retry_s: float = _STORE_RETRY_S,
+    ) -> None:
         self.settings = settings
         self.store_retry_s = store_retry_s
         self._pid: int | None = None
         self._store: TaskStore | None = None
         self._ctx: TaskContext | None = None
         self._webhook_fetcher: Fetcher | None = None
-        # Set by the engine: queue a webhook notice (task id, event, body).
-        self.notify: Callable[[str, str, dict[str, Any]], None] | None = None
+        # The outlet for what a task announces (None: announce nothing, e.g. in tests).
+        self.notices = notices
 
     @property
     def store(self) -> TaskStore:
         if self._store is None or self._pid != os.getpid():
-            from asyncml.tasks.audio import remove_orphaned_scratch
-
             remove_orphaned_scratch()  # left by a worker process that was killed mid-task
             self._store = open_store(self.settings)
             self._ctx = TaskContext(self.settings, store=self._store)
@@ -91,38 +97,12 @@ class WorkerRuntime:
         return self._webhook_fetcher
 
     def _announce(self, task_id: str, event: Event, store: TaskStore | None = None) -> None:
-        """Queue the webhook notice of ``event`` if the task asked for it.
-
-        The delivery is first recorded as pending with 0 attempts, then queued. A
-        ``completed`` notice that cannot be queued gives the task's message back to the
-        broker: its redelivery finds the task final and announces again (see
-        ``_announce_if_owed``), so the notice is late rather than lost. A ``started``
-        notice that cannot be queued is only logged.
-        """
-        if self.notify is None:
-            return
-        target = store or self.store
-        try:
-            record = target.get(task_id)
-            if record is None or record.callback is None or event not in record.callback.events:
-                return
-            target.set_delivery(task_id, event, Delivery(state="pending", updated_at=utcnow()))
-            self.notify(task_id, event, notice(record, event))
-        except Exception as exc:
-            log.exception("could not queue the %s notice of task %s", event, task_id)
-            if event == "completed" and store is None:
-                raise Reject(f"notice not queued: {exc!r}", requeue=True) from exc
-
-    def _announce_if_owed(self, task_id: str) -> None:
-        """On a redelivery of a final task: queue its completed notice if it never was."""
-        record = self.store.get(task_id)
-        if record is None or not record.final or record.callback is None:
-            return
-        owed = record.deliveries.get("completed")
-        if "completed" in record.callback.events and (
-            owed is None or (owed.state == "pending" and owed.attempts == 0)
-        ):
-            self._announce(task_id, "completed")
+        """Queue the notice owed for ``event`` (see ``engine/notices.py`` for when). With
+        the process's own store, a ``completed`` notice that cannot be queued gives the
+        message back; with a store opened for one call (a hard time limit), it is logged."""
+        if self.notices is not None:
+            requeue = event == "completed" and store is None
+            self.notices.announce(store or self.store, task_id, event, requeue_on_failure=requeue)
 
     def _retrying(self, within_s: float | None = None) -> Retrying:
         return Retrying(
@@ -247,7 +227,8 @@ class WorkerRuntime:
             raise Reject(str(exc), requeue=True) from exc
         if not attempt:
             log.info("skipping %s task %s: cancelled, finished or expired", kind.name, task_id)
-            self._announce_if_owed(task_id)
+            if self.notices is not None:
+                self.notices.announce_if_owed(self.store, task_id)
             return
         if attempt > kind.limits.max_attempts:
             self._give_up(kind, task_id, payload, attempts=attempt - 1)
@@ -260,8 +241,7 @@ class WorkerRuntime:
             if notices is None or "started" in notices:
                 self._announce(task_id, "started")
         began = time.perf_counter()
-        ctx = self.context
-        ctx.task_id = task_id
+        ctx = dataclasses.replace(self.context, task_id=task_id)  # the task's own id, scratch
         result: dict[str, Any] | None = None
         error: ErrorBody | None = None
         try:
@@ -278,6 +258,8 @@ class WorkerRuntime:
         except Exception as exc:
             log.exception("%s task %s crashed", kind.name, task_id)
             error = ErrorBody(type="internal_error", message=f"{type(exc).__name__}: {exc}")
+        finally:
+            ctx.remove_scratch()
         metrics.TASK_RUN.labels(kind.name).observe(time.perf_counter() - began)
         status = self._finish(kind, task_id, result=result, error=error)
         metrics.TASKS_FINISHED.labels(kind.name, status.value).inc()
