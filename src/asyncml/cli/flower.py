@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from asyncml.cli._common import EXIT_USAGE, app, console, err_console, load_settings
+from asyncml.engine.config import broker_url
 from asyncml.registry import build_registry
 from asyncml.settings import Settings, redact_url
 
@@ -119,7 +120,7 @@ def flower(
     configure_logging(settings, "flower")
     console.print(
         f"asyncml flower: http://{address}:{port}, broker "
-        f"{redact_url(settings.broker_url_value())}",
+        f"{redact_url(broker_url(settings))}",
         highlight=False,
     )
     celery = make_celery(settings, build_registry(settings))
