@@ -76,10 +76,22 @@ class Task(TaskRecord):
         return self.result
 
 
+def _error_class(type_: str) -> type[AsyncmlError]:
+    """The class of an error ``type``. A kind's own errors live in its module: a type not
+    known yet may be a built-in kind's, known once the kinds are imported (on first need)."""
+    cls = error_class_for(type_)
+    if cls is AsyncmlError and type_ != AsyncmlError.type:
+        from asyncml.tasks import builtin_kinds
+
+        builtin_kinds()
+        cls = error_class_for(type_)
+    return cls
+
+
 def _error_from(response: httpx.Response) -> AsyncmlError:
     try:
         body = response.json()
-        cls = error_class_for(str(body.get("type", "")))
+        cls = _error_class(str(body.get("type", "")))
         message = str(body.get("message", response.text))
     except (ValueError, AttributeError):
         cls, message = AsyncmlError, f"HTTP {response.status_code}: {response.text[:200]}"

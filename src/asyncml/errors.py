@@ -15,16 +15,16 @@ and the client maps ``type`` back to the class::
     ├── RateLimited           429  too many requests; retry after a while
     ├── TaskFailed            (client side) the task ended in FAILURE; carries the task
     ├── TaskTimeout           504  the task ran past its time limit
-    ├── FetchError            502  an outbound download failed
-    │   ├── FetchBlocked      403  the URL points at an address we refuse to reach
-    │   │                          (type ``blocked_destination``)
-    │   └── FetchTooLarge     413  the body is larger than the configured cap
-    ├── AudioError            422  the bytes are not audio we can measure
-    │   ├── AudioNotAudio     422  not an audio file at all
-    │   └── AudioTruncated    422  the file ends before its header says it should
-    └── EuroError             502  a EuroMillions draw could not be read from its source
-        ├── EuroDrawNotFound  404  the source has no page for that draw (yet)
-        └── EuroPageChanged   502  the page no longer has the shape the parser reads
+    └── FetchError            502  an outbound download failed
+        ├── FetchBlocked      403  the URL points at an address we refuse to reach
+        │                          (type ``blocked_destination``)
+        └── FetchTooLarge     413  the body is larger than the configured cap
+
+A task kind's own errors live with the kind (``tasks/_audio_errors.py``,
+``tasks/_euro_errors.py``, ``models/errors.py``) and join this tree by subclassing
+``AsyncmlError``: defining a class with its own ``type`` registers it with the mapping
+``error_class_for`` reads, and a second class claiming a type already taken is refused at
+import time, so two kinds cannot answer with the same ``type`` for different things.
 """
 
 from __future__ import annotations
@@ -33,12 +33,32 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
+# Every error type and its class, filled as the classes are defined (see __init_subclass__).
+_BY_TYPE: dict[str, type[AsyncmlError]] = {}
+
 
 class AsyncmlError(Exception):
     """Base class: carries a stable type string and an HTTP status."""
 
     type: ClassVar[str] = "internal_error"
     status_code: ClassVar[int] = 500
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register the class under its ``type``; a type taken by another class is refused.
+
+        A subclass that keeps its parent's ``type`` adds nothing to the mapping. The same
+        class defined again (its module imported a second time) replaces its first copy.
+        """
+        super().__init_subclass__(**kwargs)
+        if "type" not in cls.__dict__:
+            return
+        taken = _BY_TYPE.get(cls.type)
+        if taken is not None and _name(taken) != _name(cls):
+            raise TypeError(
+                f"{_name(cls)}: error type {cls.type!r} is already {_name(taken)}'s; "
+                "give the error a type of its own"
+            )
+        _BY_TYPE[cls.type] = cls
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -179,61 +199,17 @@ class FetchTooLarge(FetchError):
     status_code = 413
 
 
-class AudioError(AsyncmlError):
-    """The bytes are not audio whose length we can measure."""
-
-    type = "audio_invalid"
-    status_code = 422
-
-
-class AudioNotAudio(AudioError):
-    """The body is not an audio file in any format we can read."""
-
-    type = "audio_not_audio"
-
-
-class AudioTruncated(AudioError):
-    """The file ends before its header says it should."""
-
-    type = "audio_truncated"
-
-
-class EuroError(AsyncmlError):
-    """A EuroMillions draw could not be read from the results source."""
-
-    type = "euro_error"
-    status_code = 502
-
-
-class EuroDrawNotFound(EuroError):
-    """The source has no page for that draw: it answered 404, or sent us elsewhere."""
-
-    type = "euro_draw_not_found"
-    status_code = 404
-
-
-class EuroPageChanged(EuroError):
-    """The page does not hold a valid draw where the parser looks: report it, never guess."""
-
-    type = "euro_page_changed"
-
-
-def _all_error_classes() -> list[type[AsyncmlError]]:
-    found: list[type[AsyncmlError]] = []
-    pending: list[type[AsyncmlError]] = [AsyncmlError]
-    while pending:
-        cls = pending.pop()
-        found.append(cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
 def error_class_for(type_: str) -> type[AsyncmlError]:
-    """Map a body's ``type`` back to its class; unknown types become the base class."""
-    for cls in _all_error_classes():
-        if cls.type == type_:
-            return cls
-    return AsyncmlError
+    """Map a body's ``type`` back to its class; unknown types become the base class.
+
+    A kind's types are known once its module is imported (the client imports the built-in
+    kinds when it meets a type it does not know yet).
+    """
+    return _BY_TYPE.get(type_, AsyncmlError)
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:

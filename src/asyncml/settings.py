@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from asyncml.tasks._euro_settings import EuroSettings
+
 HOURS = 3600
 
 
@@ -43,8 +45,16 @@ def redact_url(url: str) -> str:
 class Settings(BaseSettings):
     """Every knob of the service, read from ``ASYNCML_*`` variables (or a ``.env`` file)."""
 
+    # A settings group (a field holding a model, e.g. ``euro``) reads ASYNCML_<GROUP>_<NAME>:
+    # the name is split at its first "_" after the prefix only, so the variables of the
+    # group's settings keep the names they had as top-level fields (ASYNCML_EURO_RATE_PER_S).
     model_config = SettingsConfigDict(
-        env_prefix="ASYNCML_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="ASYNCML_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
     )
 
     broker_url: SecretStr | None = Field(
@@ -150,41 +160,11 @@ class Settings(BaseSettings):
         description="URL or e-mail address put in the User-Agent of scraping tasks "
         "(euro.results), so a site can reach whoever runs them.",
     )
-    euro_results_url: str = Field(
-        default="https://www.euro-millions.com/results/{date}",
-        pattern=r"^https?://[^\s]*\{date\}[^\s]*$",
-        description="Page of one EuroMillions draw; {date} becomes the date as DD-MM-YYYY.",
-    )
-    euro_rate_per_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=100,
-        description="Most requests per second to the results source, across all workers.",
-    )
-    euro_connect_timeout_s: float = Field(
-        default=5.0, gt=0, description="Connect timeout of one request to the results source."
-    )
-    euro_read_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="Read timeout of one request to the results source; connect plus read "
-        "timeout also caps one whole request.",
-    )
-    euro_max_bytes: int = Field(
-        default=2_000_000, gt=0, description="Largest results page accepted, in bytes."
-    )
-    euro_max_attempts: int = Field(
-        default=3, ge=1, le=10, description="Requests made for one draw before giving up."
-    )
-    euro_retry_base_s: float = Field(
-        default=1.0,
-        ge=0,
-        description="First wait before a retry; doubled at each further attempt, plus jitter.",
-    )
-    euro_retry_max_s: float = Field(
-        default=10.0,
-        ge=0,
-        description="Longest wait between two attempts; a longer Retry-After ends the task.",
+    # --- the euro.results kind: its own group, declared with the kind ------------------
+    euro: EuroSettings = Field(
+        default_factory=EuroSettings,
+        description="The euro.results kind's settings, ASYNCML_EURO_<NAME> "
+        "(e.g. ASYNCML_EURO_RATE_PER_S); see EuroSettings.",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
@@ -273,6 +253,20 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the API and the workers."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_settings_are_not_flat(cls, data: object) -> object:
+        """``euro_rate_per_s=`` was a field of its own; ignoring it quietly (extra="ignore")
+        would run with the default, so name the group to use instead."""
+        if isinstance(data, dict):
+            flat = sorted(k for k in data if isinstance(k, str) and k.startswith("euro_"))
+            if flat:
+                raise ValueError(
+                    f"{', '.join(flat)}: the euro settings are a group, "
+                    "e.g. Settings(euro={'rate_per_s': 2.0})"
+                )
+        return data
 
     @field_validator("broker_url", "result_backend_url", mode="before")
     @classmethod

@@ -6,8 +6,8 @@ from datetime import date
 
 import pytest
 
-from asyncml.errors import EuroPageChanged
 from asyncml.tasks._euro_page import ParsedDraw, parse_results_page
+from asyncml.tasks.euro import EuroPageChanged
 
 from .euro_pages import results_page
 

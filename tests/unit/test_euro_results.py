@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from asyncml.engine.runtime import WorkerRuntime
-from asyncml.errors import EuroDrawNotFound
 from asyncml.kinds import TaskContext
 from asyncml.registry import default_registry
 from asyncml.settings import Settings
 from asyncml.store import TaskRecord, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
-from asyncml.tasks.euro import TIME_LIMIT_S, EuroResultsIn, euro_results
+from asyncml.tasks._euro_settings import EuroSettings
+from asyncml.tasks.euro import TIME_LIMIT_S, EuroDrawNotFound, EuroResultsIn, euro_results
 
 from .euro_pages import EuroSource, Reply, results_page
 
@@ -36,10 +36,9 @@ def settings(tmp_path: Path, source: EuroSource) -> Settings:
         _env_file=None,
         data_dir=tmp_path / "data",
         fetch_allow_loopback=True,
-        euro_results_url=source.url_template,
-        euro_rate_per_s=100,
-        euro_retry_base_s=0.01,
-        euro_read_timeout_s=0.3,
+        euro=EuroSettings(
+            results_url=source.url_template, rate_per_s=100, retry_base_s=0.01, read_timeout_s=0.3
+        ),
     )
 
 
@@ -79,9 +78,9 @@ def test_kind_is_built_in_on_its_own_queue_with_the_classic_route() -> None:
 
 
 def test_default_retries_fit_inside_the_soft_time_limit() -> None:
-    s = Settings(_env_file=None)
-    request_s = s.euro_connect_timeout_s + s.euro_read_timeout_s
-    worst_s = s.euro_max_attempts * request_s + (s.euro_max_attempts - 1) * s.euro_retry_max_s
+    s = Settings(_env_file=None).euro
+    request_s = s.connect_timeout_s + s.read_timeout_s
+    worst_s = s.max_attempts * request_s + (s.max_attempts - 1) * s.retry_max_s
     assert worst_s < TIME_LIMIT_S == euro_results.limits.timeout_s
 
 

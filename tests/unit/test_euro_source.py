@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from asyncml.errors import EuroDrawNotFound, FetchBlocked, FetchError, FetchTooLarge
+from asyncml.errors import FetchBlocked, FetchError, FetchTooLarge
 from asyncml.fetch import Fetched, Fetcher
 from asyncml.settings import Settings
 from asyncml.store.sqlite import SqliteTaskStore
+from asyncml.tasks._euro_settings import EuroSettings
 from asyncml.tasks._euro_source import (
     SlotSchedule,
     SourcePolicy,
     fetch_page,
     retry_after_seconds,
 )
+from asyncml.tasks.euro import EuroDrawNotFound
 
 from .euro_pages import EuroSource, Reply, results_page
 
@@ -49,13 +51,20 @@ def settings(tmp_path: Path, source: EuroSource) -> Settings:
         _env_file=None,
         data_dir=tmp_path / "data",
         fetch_allow_loopback=True,
-        euro_results_url=source.url_template,
-        euro_rate_per_s=100,
-        euro_retry_base_s=0.01,
-        euro_retry_max_s=10,
-        euro_connect_timeout_s=1,
-        euro_read_timeout_s=0.3,
+        euro=EuroSettings(
+            results_url=source.url_template,
+            rate_per_s=100,
+            retry_base_s=0.01,
+            retry_max_s=10,
+            connect_timeout_s=1,
+            read_timeout_s=0.3,
+        ),
     )
+
+
+def with_euro(settings: Settings, **changes: object) -> Settings:
+    """``settings`` with some of its euro group changed."""
+    return settings.model_copy(update={"euro": settings.euro.model_copy(update=changes)})
 
 
 @pytest.fixture
@@ -72,7 +81,7 @@ def fetch(
     date: str = DATE,
 ) -> Fetched:
     return fetch_page(
-        settings.euro_results_url.replace("{date}", date),
+        settings.euro.results_url.replace("{date}", date),
         fetcher=Fetcher.from_settings(settings),
         schedule=schedule or NoWait(),
         policy=SourcePolicy.from_settings(settings),
@@ -116,7 +125,7 @@ def test_second_request_waits_for_the_next_slot_of_the_shared_schedule(
     settings: Settings, source: EuroSource, waits: list[float]
 ) -> None:
     source.serve(DATE, Reply(body=PAGE))
-    one_per_s = settings.model_copy(update={"euro_rate_per_s": 1.0})
+    one_per_s = with_euro(settings, rate_per_s=1.0)
     store = SqliteTaskStore(settings.store_path(), ttl_s=60)
     try:
         fetch(one_per_s, waits, schedule=store)
@@ -132,7 +141,7 @@ def test_rate_limit_that_leaves_no_time_fails_before_any_request(
     settings: Settings, source: EuroSource, waits: list[float]
 ) -> None:
     source.serve(DATE, Reply(body=PAGE))
-    slow_rate = settings.model_copy(update={"euro_rate_per_s": 0.1})  # one per 10 s
+    slow_rate = with_euro(settings, rate_per_s=0.1)  # one per 10 s
     store = SqliteTaskStore(settings.store_path(), ttl_s=60)
     try:
         fetch(slow_rate, waits, schedule=store, within_s=5)
@@ -147,7 +156,7 @@ def test_retry_the_rate_limit_leaves_no_time_for_fails_with_the_last_cause(
     settings: Settings, source: EuroSource, waits: list[float]
 ) -> None:
     path = source.serve(DATE, Reply(503), Reply(body=PAGE))
-    slow_rate = settings.model_copy(update={"euro_rate_per_s": 0.1})  # one per 10 s
+    slow_rate = with_euro(settings, rate_per_s=0.1)  # one per 10 s
     store = SqliteTaskStore(settings.store_path(), ttl_s=60)
     try:
         with pytest.raises(FetchError, match=r"HTTP 503 from .*; then the request rate limit"):
@@ -194,7 +203,7 @@ def test_max_attempts_setting_bounds_the_requests(
 ) -> None:
     path = source.serve(DATE, Reply(500))
     with pytest.raises(FetchError, match="gave up after 5 attempts"):
-        fetch(settings.model_copy(update={"euro_max_attempts": 5}), waits)
+        fetch(with_euro(settings, max_attempts=5), waits)
     assert source.count(path) == 5
 
 
@@ -266,9 +275,7 @@ def test_connection_refused_is_retried(settings: Settings, waits: list[float]) -
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    nobody = settings.model_copy(
-        update={"euro_results_url": f"http://127.0.0.1:{closed_port}/results/{{date}}"}
-    )
+    nobody = with_euro(settings, results_url=f"http://127.0.0.1:{closed_port}/results/{{date}}")
     with pytest.raises(FetchError, match=r"cannot connect .*gave up after 3 attempts"):
         fetch(nobody, waits)
     assert len(waits) == 2
@@ -292,7 +299,7 @@ def test_page_larger_than_the_cap_is_refused_and_not_retried(
 ) -> None:
     path = source.serve(DATE, Reply(body=PAGE))
     with pytest.raises(FetchTooLarge, match="limit of 100 bytes"):
-        fetch(settings.model_copy(update={"euro_max_bytes": 100}), waits)
+        fetch(with_euro(settings, max_bytes=100), waits)
     assert source.count(path) == 1
 
 

@@ -25,7 +25,7 @@ from datetime import date
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from asyncml.errors import EuroPageChanged
+from asyncml.tasks._euro_errors import EuroPageChanged
 from asyncml.tasks._euro_rules import NUMBER_MAX, NUMBERS, STARS, star_max
 
 _BALL_TEXT = re.compile(r"\d{1,2}")

@@ -29,9 +29,10 @@ from typing import Protocol
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from asyncml.errors import EuroDrawNotFound, FetchError
+from asyncml.errors import FetchError
 from asyncml.fetch import Fetched, Fetcher
 from asyncml.settings import Settings
+from asyncml.tasks._euro_errors import EuroDrawNotFound
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,13 @@ class SourcePolicy:
         contact = settings.scraper_contact.strip()
         return cls(
             user_agent=f"asyncml/{__version__}" + (f" (+{contact})" if contact else ""),
-            min_interval_s=1.0 / settings.euro_rate_per_s,
-            max_attempts=settings.euro_max_attempts,
-            retry_base_s=settings.euro_retry_base_s,
-            retry_max_s=settings.euro_retry_max_s,
-            connect_timeout_s=settings.euro_connect_timeout_s,
-            read_timeout_s=settings.euro_read_timeout_s,
-            max_bytes=min(settings.fetch_max_bytes, settings.euro_max_bytes),
+            min_interval_s=1.0 / settings.euro.rate_per_s,
+            max_attempts=settings.euro.max_attempts,
+            retry_base_s=settings.euro.retry_base_s,
+            retry_max_s=settings.euro.retry_max_s,
+            connect_timeout_s=settings.euro.connect_timeout_s,
+            read_timeout_s=settings.euro.read_timeout_s,
+            max_bytes=min(settings.fetch_max_bytes, settings.euro.max_bytes),
         )
 
 

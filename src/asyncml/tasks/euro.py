@@ -19,9 +19,10 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from asyncml.errors import EuroDrawNotFound, ServiceUnavailable
+from asyncml.errors import ServiceUnavailable
 from asyncml.fetch import Fetched
 from asyncml.kinds import Classic, Limits, TaskContext, task_kind
+from asyncml.tasks._euro_errors import EuroDrawNotFound, EuroError, EuroPageChanged
 from asyncml.tasks._euro_page import parse_results_page
 from asyncml.tasks._euro_rules import DrawDateError, check_draw_date, parse_draw_date
 from asyncml.tasks._euro_source import SourcePolicy, fetch_page
@@ -120,7 +121,7 @@ def euro_results(inp: EuroResultsIn, ctx: TaskContext) -> EuroResultsOut:
             log.warning("euro.results: unreadable cache entry %s; fetching again", key)
     settings = ctx.settings
     classic_date = inp.draw_date.strftime("%d-%m-%Y")
-    url = settings.euro_results_url.replace("{date}", classic_date)
+    url = settings.euro.results_url.replace("{date}", classic_date)
     page = fetch_page(
         url,
         fetcher=ctx.fetcher,
@@ -157,3 +158,15 @@ def _text(page: Fetched) -> str:
         except LookupError:
             pass
     return page.content.decode(encoding, errors="replace")
+
+
+# The kind's errors are raised by its parser and source too, and exported from here with it.
+__all__ = [
+    "TIME_LIMIT_S",
+    "EuroDrawNotFound",
+    "EuroError",
+    "EuroPageChanged",
+    "EuroResultsIn",
+    "EuroResultsOut",
+    "euro_results",
+]
