@@ -1,4 +1,5 @@
-"""Declaring a task kind: one decorator gives the route, the Celery task, the schema and CLI.
+"""Declaring a task kind: one decorator gives the route, the Celery task, the schema and CLI;
+and what a running task may use (``TaskContext``: settings, store, fetcher, a scratch folder).
 
 Shaped after arq's ``func()`` and dramatiq's ``actor``: the declaration carries per-kind limits
 and refuses bad names early, at import time, not when the first request arrives.
@@ -6,9 +7,13 @@ and refuses bad names early, at import time, not when the first request arrives.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -50,14 +55,26 @@ class Classic:
     result: Callable[[dict[str, Any]], Any] = lambda out: out
 
 
+# Scratch folders are named for the worker process that made them, so the folders of a
+# process that was killed mid-task can be told apart and removed.
+SCRATCH_PREFIX = "asyncml-scratch-"
+
+
 @dataclass
 class TaskContext:
-    """What a running task may use; built once per worker process, shared by its tasks."""
+    """What a running task may use.
+
+    The worker builds one per process and gives each task a copy (``dataclasses.replace``
+    with the task's id): the id and the scratch folder are then the task's own, even in a
+    process that runs several tasks at once (the threads of model queues).
+    """
 
     settings: Settings
     store: TaskStore | None = None  # the task store: cache and shared schedules
     task_id: str = ""
+    scratch_root: Path | None = None  # where scratch folders go; None: the system's temp dir
     _fetcher: Fetcher | None = field(default=None, repr=False)
+    _scratch: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def fetcher(self) -> Fetcher:
@@ -66,6 +83,45 @@ class TaskContext:
 
             self._fetcher = Fetcher.from_settings(self.settings)
         return self._fetcher
+
+    def scratch_dir(self) -> Path:
+        """A folder of the running task's own, made on first use, for files too big to hold
+        in memory (a download). The runtime removes it when the task ends, however it ends;
+        a folder left by a killed process is removed when the next worker process starts."""
+        if self._scratch is None:
+            root = self.scratch_root or Path(tempfile.gettempdir())
+            self._scratch = Path(
+                tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root)
+            )
+        return self._scratch
+
+    def remove_scratch(self) -> None:
+        """Delete the task's scratch folder, if it made one (the runtime calls it)."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def remove_orphaned_scratch(root: Path | None = None) -> int:
+    """Delete scratch folders whose worker process is gone; how many were removed."""
+    removed = 0
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid_text = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and someone else's
+        return True
+    return True
 
 
 @dataclass(frozen=True)

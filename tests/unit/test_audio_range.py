@@ -74,7 +74,10 @@ def range_server(tmp_path: Path) -> Iterator[RangeServer]:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> TaskContext:
-    return TaskContext(Settings(_env_file=None, data_dir=tmp_path, fetch_allow_loopback=True))
+    return TaskContext(
+        Settings(_env_file=None, data_dir=tmp_path, fetch_allow_loopback=True),
+        scratch_root=tmp_path,
+    )
 
 
 def test_long_wav_is_measured_from_its_first_64_kib(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -15,36 +12,10 @@ from pydantic import BaseModel, Field, HttpUrl
 
 from asyncml.errors import FetchBlocked, FetchError
 from asyncml.kinds import Classic, Limits, TaskContext, task_kind
+from asyncml.tasks._audio_errors import AudioError, AudioNotAudio, AudioTruncated
 
 if TYPE_CHECKING:
     from asyncml.tasks._probe import AudioInfo
-
-# Each download lives in a folder named for the worker process that made it, so the folders
-# of a process that was killed mid-task can be told apart and removed.
-SCRATCH_PREFIX = "asyncml-audio-"
-
-
-def remove_orphaned_scratch(root: Path | None = None) -> int:
-    """Delete download folders whose process is gone; how many were removed."""
-    removed = 0
-    for folder in Path(root or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        pid_text = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 HEAD_BYTES = 64 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes 0-(\d+)/(\d+)$")
@@ -75,10 +46,9 @@ def _probe_head(ctx: TaskContext, url: str) -> AudioInfo | None:
     if got.status_code == 206 and match is not None:
         return probe_wav_head(got.content, int(match.group(2)))
     if got.status_code == 200 and got.content:  # the whole file fitted in the head's budget
-        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
-            whole = Path(tmp) / "audio"
-            whole.write_bytes(got.content)
-            return probe_audio(whole)
+        whole = ctx.scratch_dir() / "head"
+        whole.write_bytes(got.content)
+        return probe_audio(whole)
     return None
 
 
@@ -103,7 +73,7 @@ class AudioLengthOut(BaseModel):
 def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
     """Length of an audio file, read from its header when the format gives it.
 
-    The download is streamed to a temporary file under the size cap and the SSRF guard;
+    The download is streamed to the task's scratch folder under the size cap and the SSRF guard;
     the header's claim is checked against the bytes received, and only formats whose
     header has no length are decoded in full.
     """
@@ -111,9 +81,8 @@ def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
 
     info = _probe_head(ctx, str(inp.audio_url))
     if info is None:
-        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
-            downloaded = ctx.fetcher.download(str(inp.audio_url), Path(tmp) / "audio")
-            info = probe_audio(downloaded.path)
+        downloaded = ctx.fetcher.download(str(inp.audio_url), ctx.scratch_dir() / "audio")
+        info = probe_audio(downloaded.path)
     return AudioLengthOut(
         audio_length=info.duration_s,
         sample_rate=info.sample_rate,
@@ -121,3 +90,15 @@ def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
         frames=info.frames,
         format=info.format,
     )
+
+
+# The kind's errors are raised by the probes; exported from here, they are known (their types
+# mapped back to them) wherever the kind is imported.
+__all__ = [
+    "AudioError",
+    "AudioLengthIn",
+    "AudioLengthOut",
+    "AudioNotAudio",
+    "AudioTruncated",
+    "audio_length",
+]

@@ -8,16 +8,12 @@ every kind it serves is one more route to secure.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, HttpUrl
 
 from asyncml.kinds import Limits, TaskContext, TaskKind, task_kind
-from asyncml.tasks.audio import SCRATCH_PREFIX
 
 
 class EchoIn(BaseModel):
@@ -45,13 +41,12 @@ class DecodeOut(BaseModel):
 @task_kind("debug.audio_decode", queue="debug", limits=Limits(timeout_s=120))
 def audio_decode(inp: DecodeIn, ctx: TaskContext) -> DecodeOut:
     """Download the whole file and decode it with librosa: the baseline of audio.length."""
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
-        downloaded = ctx.fetcher.download(str(inp.audio_url), Path(tmp) / "audio")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa's audioread deprecation notice
-            import librosa
+    downloaded = ctx.fetcher.download(str(inp.audio_url), ctx.scratch_dir() / "audio")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # librosa's audioread deprecation notice
+        import librosa
 
-            signal, rate = librosa.load(downloaded.path, sr=None, mono=False)
+        signal, rate = librosa.load(downloaded.path, sr=None, mono=False)
     return DecodeOut(audio_length=signal.shape[-1] / rate)
 
 
