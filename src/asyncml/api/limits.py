@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -87,11 +88,18 @@ class RateGate:
 
 
 class QueueGate:
-    """Refuses a submission while its queue holds ``max_depth`` messages or more."""
+    """Refuses a submission while its queue holds ``max_depth`` messages or more.
 
-    def __init__(self, engine: Engine, max_depth: int) -> None:
+    ``clock`` (seconds, monotonic) times the reading's age; a test passes its own to age a
+    reading at once instead of sleeping out ``DEPTH_TTL_S``.
+    """
+
+    def __init__(
+        self, engine: Engine, max_depth: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.engine = engine
         self.max_depth = max_depth
+        self.clock = clock
         self._depths: dict[str, int] = {}
         self._read_at = -math.inf
         self._lock = anyio.Lock()
@@ -108,12 +116,12 @@ class QueueGate:
             )
 
     async def _current(self) -> dict[str, int]:
-        if time.monotonic() - self._read_at < DEPTH_TTL_S:
+        if self.clock() - self._read_at < DEPTH_TTL_S:
             return self._depths
         if self._lock.locked() and self._read_at > -math.inf:
             return self._depths  # being refreshed: the last reading, up to a second old
         async with self._lock:  # one reader refreshes; the others use what it read
-            if time.monotonic() - self._read_at >= DEPTH_TTL_S:
+            if self.clock() - self._read_at >= DEPTH_TTL_S:
                 try:
                     depths: dict[str, Any] = await anyio.to_thread.run_sync(
                         self.engine.queue_depths
@@ -121,5 +129,5 @@ class QueueGate:
                     self._depths = {str(k): int(v) for k, v in depths.items()}
                 except Exception as exc:  # the broker is down: publishing will say so
                     log.warning("queue depths unavailable: %r", exc)
-                self._read_at = time.monotonic()
+                self._read_at = self.clock()
         return self._depths
