@@ -126,7 +126,8 @@ def test_broker_down_with_tasks_in_flight_then_redis_restart_loses_nothing(
             assert refused.status_code == 503, refused.text
             assert int(refused.headers["retry-after"]) >= 1
             files.gate_open.set()  # the task in flight finishes while the broker is down
-            time.sleep(1)
+            in_flight = wait_final(api, ids[0])  # its record is in Redis, which is up
+            assert in_flight["status"] == "SUCCESS", in_flight
         finally:
             private_rabbitmq_server.start()
         for task_id in ids:  # the worker reconnects first: give it two long-polls

@@ -22,6 +22,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from asyncml.api.limits import DEPTH_TTL_S
+from asyncml.auth import CACHE_S
+
 from .fixture_server import FixtureServer
 from .http_api import wait_final
 from .processes import ServiceProcess, service_env, wait_until_ready
@@ -113,12 +116,16 @@ def test_revoked_key_is_refused_by_every_api_process_within_a_second(keyed: Keye
     assert all(key not in json.dumps(k) for k in listed)  # only digests are kept
     keyed.keys("revoke", name)
     revoked_at = time.monotonic()
-    time.sleep(1.0)
-    for url in keyed.urls:
-        refused = httpx.get(f"{url}/v1/tasks", headers=headers)
+    for url in keyed.urls:  # each process looked the key up (and remembered it) before
+        while True:
+            asked_after = time.monotonic() - revoked_at
+            refused = httpx.get(f"{url}/v1/tasks", headers=headers)
+            if refused.status_code != 200:
+                break
+            assert asked_after < CACHE_S + 1.0, f"{url} still accepts it after {asked_after:.2f} s"
+            time.sleep(0.05)  # probe interval, bounded by the assertion above
         assert refused.status_code == 401, url
         assert refused.headers["www-authenticate"].startswith("Bearer")
-    assert time.monotonic() - revoked_at < 2.5
 
 
 @pytest.mark.timeout(60)
@@ -200,26 +207,34 @@ def test_flood_past_the_queue_cap_is_refused_not_queued(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, process)
-        accepted = refused = 0
         with httpx.Client(base_url=base, timeout=30) as api:
-            for _wave in range(4):
-                for _ in range(8):
-                    response = api.post("/v1/tasks/euro.results", json=DRAW)
-                    if response.status_code == 202:
-                        accepted += 1
-                    else:
-                        assert response.status_code == 503, response.text
-                        assert response.headers["retry-after"] == "5"
-                        assert "full" in response.json()["message"]
-                        refused += 1
-                time.sleep(1.1)  # the API reads depths at most once a second
+
+            def admitted() -> bool:
+                """Submit once: accepted, or refused as a full queue and nothing else."""
+                response = api.post("/v1/tasks/euro.results", json=DRAW)
+                if response.status_code == 202:
+                    return True
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "5"
+                assert "full" in response.json()["message"]
+                return False
+
+            began = time.monotonic()
+            answers = [admitted() for _ in range(12)]  # one reading (empty) may admit them all
+            while answers[-1]:  # the API reads the depths again within a second: until then
+                assert time.monotonic() - began < DEPTH_TTL_S + 2, "still admitting past the cap"
+                time.sleep(0.1)  # probe interval, bounded by the assertion above
+                answers.append(admitted())
+            answers += [admitted() for _ in range(16)]
         depth = private_rabbitmq_server.rabbitmqctl(
             "list_queues", "-q", "--no-table-headers", "name", "messages"
         )
     finally:
         process.stop()
     queued = {line.split()[0]: int(line.split()[1]) for line in depth.splitlines() if line}
+    accepted, refused = answers.count(True), answers.count(False)
     print(f"accepted {accepted}, refused {refused}, queued {queued.get('euro')}")  # for -rP
     assert queued["euro"] == accepted  # every accepted task is queued, no refused one is
-    assert refused >= 16  # the last two waves at least: the queue was over its cap
-    assert 10 <= accepted <= 16  # overshoot bounded by one wave (one second) of submits
+    assert accepted >= 10  # the cap
+    # Once full, the queue stays full (nothing consumes it): every later submit is refused.
+    assert True not in answers[answers.index(False) :], answers
