@@ -44,7 +44,7 @@ def test_kinds_fail_given_invalid_queue_names() -> None:
 
 
 def test_kinds_fail_without_model_annotations() -> None:
-    def untyped(inp, ctx):  # type: ignore[no-untyped-def]
+    def untyped(inp, ctx):
         return inp
 
     with pytest.raises(TypeError, match="annotate"):

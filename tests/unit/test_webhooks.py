@@ -85,7 +85,7 @@ def test_any_of_several_signatures_may_match_during_a_rotation() -> None:
     assert verify_signature(BODY, headers, new)["id"] == "t1"
 
 
-def _datetime(ts: float):  # type: ignore[no-untyped-def]
+def _datetime(ts: float):
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(int(ts), tz=UTC)
