@@ -2,14 +2,17 @@
 
 Workers run tasks in prefork children, so their metrics use prometheus-client's
 multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is first
-imported (``asyncml worker`` and ``asyncml up`` do it) and the exporter sums the children's
-files. The API exports its own series, the queue depths it reads from the broker at scrape
-time, and, under ``asyncml up`` (one folder shared by all processes), the workers' too.
+imported (prometheus-client picks its storage at import; ``asyncml worker`` and ``asyncml
+up`` set it) and the exporter sums the children's files. The API exports its own series,
+the queue depths it reads from the broker at scrape time, and, under ``asyncml up`` (one
+folder shared by all processes), the workers' too.
+
+This module reads no environment: the entry point that set the folder names it here with
+``share_between_processes`` (the API's processes) or passes it to ``serve_worker_metrics``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -67,6 +70,13 @@ TASK_QUEUE_WAIT = Histogram(
     buckets=_TASK_BUCKETS,
 )
 
+CONNECTIONS_REFUSED = Counter(
+    "asyncml_http_connections_refused_total",
+    "Connections the API answered with 503 and closed at once, by the cap they were past: "
+    "client (connections per client address) or process (connections per API process).",
+    ["cap"],
+)
+
 
 class QueueDepth(Collector):
     """Reads each queue's waiting messages from the broker when scraped."""
@@ -87,16 +97,24 @@ class QueueDepth(Collector):
         yield family
 
 
-def multiprocess_dir() -> Path | None:
-    value = os.environ.get(MULTIPROC_ENV)
-    return Path(value) if value else None
+_shared_folder: Path | None = None  # set once by the entry point; see the module's docstring
+
+
+def share_between_processes(folder: Path | None) -> None:
+    """Export every process's series from ``folder`` (the ``PROMETHEUS_MULTIPROC_DIR`` the
+    entry point set before prometheus-client was imported); ``None``: this process's own.
+
+    A process-wide switch, like prometheus-client's own storage choice that it follows.
+    """
+    global _shared_folder
+    _shared_folder = folder
 
 
 def exposition(extra: Iterable[Collector] = ()) -> bytes:
     """The text exposition: this process's series, or every process's in multiprocess mode."""
     registry = CollectorRegistry()
-    if multiprocess_dir() is not None:
-        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in the library
+    if _shared_folder is not None:
+        _multiprocess.MultiProcessCollector(registry, path=str(_shared_folder))  # type: ignore[no-untyped-call]  # untyped in the library
     else:
         from prometheus_client import REGISTRY
 
@@ -109,15 +127,15 @@ def exposition(extra: Iterable[Collector] = ()) -> bytes:
     return payload
 
 
-def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104  # scraped remotely
+def serve_worker_metrics(port: int, folder: Path, host: str = "0.0.0.0") -> None:  # noqa: S104  # scraped remotely
     """The worker's exporter: a thread in the main process summing its children's files."""
     from prometheus_client import start_http_server
 
     registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in the library
+    _multiprocess.MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]  # untyped in the library
     start_http_server(port, addr=host, registry=registry)
 
 
 def mark_dead(pid: int) -> None:
-    if multiprocess_dir() is not None:
-        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped in the library
+    if _shared_folder is not None:
+        _multiprocess.mark_process_dead(pid, path=str(_shared_folder))  # type: ignore[no-untyped-call]  # untyped in the library

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(
         default=1000, ge=1, description="Concurrent connections per API process (503 above)."
     )
+    api_max_connections_per_client: int = Field(
+        default=100,
+        ge=0,
+        description="Concurrent connections one client address (an IPv6 client's /64) may "
+        "hold per API process (503 above), so one address cannot take every slot; 0: no cap "
+        "(behind a reverse proxy, whose address every client shares).",
+    )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
     )

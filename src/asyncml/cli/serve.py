@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from asyncml.cli._common import EXIT_USAGE, app, console, err_console, load_settings
+from asyncml.errors import InputInvalid
 from asyncml.registry import build_registry
 from asyncml.settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 @app.command()
@@ -22,24 +27,42 @@ def api(
     """Run the HTTP API."""
     import uvicorn
 
-    from asyncml.api.app import create_app
     from asyncml.api.server import uvicorn_options
-    from asyncml.logging import configure_logging
 
     settings = load_settings()
     if host is not None:  # where it listens decides whether keys are required (auth=auto)
         settings = settings.model_copy(update={"api_host": host})
         os.environ["ASYNCML_API_HOST"] = host  # for the processes --workers spawns
-    configure_logging(settings, "api")
     options: dict[str, Any] = {
         **uvicorn_options(settings),
         "host": settings.api_host,
         "port": port if port is not None else settings.api_port,
     }
     if workers > 1:
-        uvicorn.run("asyncml.api.app:app_from_env", factory=True, workers=workers, **options)
+        from asyncml.logging import configure_logging
+
+        configure_logging(settings, "api")
+        uvicorn.run(f"{__name__}:api_process", factory=True, workers=workers, **options)
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(_api_app(settings), **options)
+
+
+def api_process() -> FastAPI:
+    """Factory of each process ``asyncml api --workers`` spawns: a new interpreter, so it
+    builds its settings, logging and metrics as ``asyncml api`` does (the server's limits
+    come with the protocol factory, see ``api/server.py``)."""
+    return _api_app(load_settings())
+
+
+def _api_app(settings: Settings) -> FastAPI:
+    from asyncml import metrics
+    from asyncml.api.app import create_app
+    from asyncml.logging import configure_logging
+
+    configure_logging(settings, "api")
+    folder = os.environ.get(_MULTIPROC_ENV)  # set by asyncml up for all its processes
+    metrics.share_between_processes(Path(folder) if folder else None)
+    return create_app(settings)
 
 
 @app.command()
@@ -64,89 +87,42 @@ def worker(
     ] = "auto",
 ) -> None:
     """Run a Celery worker for some or all queues."""
-    _prepare_multiprocess_metrics()
-    from asyncml.engine import make_celery
-    from asyncml.engine.app import all_queues
+    folder = _prepare_multiprocess_metrics()
+    # Imported only now: they load prometheus-client, which must see the folder first.
+    from asyncml.engine.worker import plan_worker, run_worker
     from asyncml.logging import configure_logging
 
     settings = load_settings()
     configure_logging(settings, "worker")
     registry = build_registry(settings)
-    known = all_queues(registry)
-    chosen = [q.strip() for q in (queues or ",".join(known)).split(",") if q.strip()]
-    unknown = sorted(set(chosen) - set(known))
-    if unknown:
-        err_console.print(f"unknown queue(s): {', '.join(unknown)}; known: {known}")
-        raise typer.Exit(EXIT_USAGE)
-    from asyncml.models import model_queues
-
-    if pool not in ("auto", "prefork", "threads"):
-        err_console.print(f"--pool must be auto, prefork or threads, not {pool!r}")
-        raise typer.Exit(EXIT_USAGE)
-    if pool == "auto":
-        models_only = set(chosen) <= model_queues(registry)
-        pool = "threads" if models_only else "prefork"
-    if pool == "threads":
-        from asyncml.models import enable_batching
-
-        n = concurrency or settings.models_worker_threads
-        enable_batching(settings.models_batching)
-    else:
-        n = concurrency or settings.worker_concurrency or os.cpu_count() or 1
-    celery = make_celery(settings, registry)
-    if pool == "threads":
-        # Celery's task-event dispatcher is shared by the pool's threads and its mutex
-        # deadlocks against the event loop under load (seen: every thread and the main
-        # loop waiting in EventDispatcher.flush, 64 messages unacked, the worker stalled).
-        # A thread-pool worker sends no task events; Flower still sees it (heartbeats).
-        celery.conf.worker_send_task_events = False
-    if settings.models_preload:
-        from asyncml.models import preload_in_worker_processes
-
-        preload_in_worker_processes(registry, chosen)
-    argv = [
-        "worker",
-        "--queues",
-        ",".join(chosen),
-        "--concurrency",
-        str(n),
-        "--pool",
-        pool,
-        "--hostname",
-        f"asyncml-{'-'.join(chosen)}-{os.getpid()}@%h",
-        "--loglevel",
-        settings.log_level,
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if settings.embedded_broker:
-        argv.append("--without-heartbeat")
-    if settings.worker_metrics_port:
-        from asyncml.metrics import serve_worker_metrics
-
-        serve_worker_metrics(settings.worker_metrics_port)
-    celery.worker_main(argv)
+    chosen = [q.strip() for q in queues.split(",")] if queues else None
+    try:
+        plan = plan_worker(settings, registry, queues=chosen, concurrency=concurrency, pool=pool)
+    except InputInvalid as exc:
+        err_console.print(exc.message, highlight=False)
+        raise typer.Exit(EXIT_USAGE) from exc
+    run_worker(settings, registry, plan, metrics_folder=folder)
 
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # not imported from metrics: that would load it
 
 
-def _prepare_multiprocess_metrics() -> None:
+def _prepare_multiprocess_metrics() -> Path:
     """Prefork children share one metrics folder; it must exist, empty, before
     prometheus-client is imported (it picks its storage at import)."""
     import shutil
     import sys
     import tempfile
-    from pathlib import Path
 
     if "prometheus_client" in sys.modules and _MULTIPROC_ENV not in os.environ:
         raise RuntimeError("prometheus_client was imported before the worker set its folder")
     folder = os.environ.get(_MULTIPROC_ENV)
     if folder is None:
-        os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="asyncml-metrics-")
+        folder = os.environ[_MULTIPROC_ENV] = tempfile.mkdtemp(prefix="asyncml-metrics-")
     elif not os.environ.get("ASYNCML_SUPERVISED"):
         shutil.rmtree(folder, ignore_errors=True)
         Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)
 
 
 @app.command()
@@ -156,7 +132,7 @@ def up(
     ] = None,
 ) -> None:
     """Run the API and a worker for every queue, supervised; Ctrl-C stops all of it."""
-    from asyncml.engine.app import all_queues
+    from asyncml.engine.config import all_queues, broker_url
     from asyncml.logging import configure_logging
     from asyncml.models import model_queues
     from asyncml.supervisor import Child, Supervisor, python_argv
@@ -177,7 +153,7 @@ def up(
         workers.append((name, argv, queues))
     api_child = Child("api", python_argv("api"))
     if not settings.embedded_broker:
-        where = redact_url(settings.broker_url_value())
+        where = redact_url(broker_url(settings))
         children = [api_child, *(Child(name, argv) for name, argv, _ in workers)]
         console.print(f"asyncml up: API on {_api_url(settings)}, broker {where}", highlight=False)
         raise typer.Exit(Supervisor(children, env=_children_env(settings)).run())
