@@ -19,7 +19,8 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,13 +89,19 @@ class Submitter:
     ) -> Submitted:
         """Queue one task of ``kind``. ``exclude`` names the fields of ``inputs`` that are
         options of the route, not input."""
+        # What the broker does for this submission (the queue-depth read, the publish and
+        # its confirm) is bounded by the publish timeout from here, whatever kombu's own
+        # waits (pool, connection, channel, confirm, retries) add up to.
+        deadline = anyio.current_time() + self.settings.publish_timeout_s
         self._refuse(inputs, exclude or set(), callback)
         if self.queues is not None:
-            await self.queues.admit(kind.queue)
+            with self._broker_bound(deadline, "the queue depth"):
+                await self.queues.admit(kind.queue)
         payload = inputs.model_dump(mode="json", exclude=exclude)
         return await self._queue(
             kind,
             payload,
+            deadline,
             owner=caller.owner,
             max_open=self.cap_for(caller),
             callback=callback,
@@ -146,8 +153,15 @@ class Submitter:
         passed the checks then; the worker parses it again), for the original owner,
         outside any cap; the callback must still be one this server may call."""
         self._refuse(_NoInput(), set(), callback)
+        deadline = anyio.current_time() + self.settings.publish_timeout_s
         submitted = await self._queue(
-            kind, payload, owner=owner, max_open=0, callback=callback, idempotency_key=None
+            kind,
+            payload,
+            deadline,
+            owner=owner,
+            max_open=0,
+            callback=callback,
+            idempotency_key=None,
         )
         return submitted.record
 
@@ -183,6 +197,7 @@ class Submitter:
         self,
         kind: TaskKind[Any, Any],
         payload: dict[str, Any],
+        deadline: float,
         *,
         owner: str,
         max_open: int,
@@ -214,8 +229,7 @@ class Submitter:
             if original is not None:
                 return Submitted(original, replayed=True)
         try:
-            notices = [] if callback is None else list(callback.events)
-            await anyio.to_thread.run_sync(self.engine.publish, kind, record.id, payload, notices)
+            await self._publish(kind, record.id, payload, callback, deadline)
         except BaseException:
             # Also on cancellation (client gone): the record must not outlive its message.
             with anyio.CancelScope(shield=True):
@@ -228,6 +242,38 @@ class Submitter:
             raise
         metrics.TASKS_SUBMITTED.labels(kind.name).inc()
         return Submitted(record)
+
+    async def _publish(
+        self,
+        kind: TaskKind[Any, Any],
+        task_id: str,
+        payload: dict[str, Any],
+        callback: Callback | None,
+        deadline: float,
+    ) -> None:
+        """Publish in a thread, given up at ``deadline``: a frozen broker (SIGSTOP, a full
+        disk) accepts the TCP connection and never answers, and kombu's timeouts apply per
+        step. A publish given up on may still land later: its record is gone by then, so
+        the worker that receives it skips it (no record, nothing runs)."""
+        notices = [] if callback is None else list(callback.events)
+        with self._broker_bound(deadline, "the message"):
+            await anyio.to_thread.run_sync(
+                self.engine.publish, kind, task_id, payload, notices, abandon_on_cancel=True
+            )
+
+    @contextmanager
+    def _broker_bound(self, deadline: float, what: str) -> Iterator[None]:
+        """Give up on the broker at ``deadline``, as a 503 naming the setting."""
+        timeout = self.settings.publish_timeout_s
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                yield
+        except TimeoutError as exc:
+            log.warning("the broker did not answer for %s within %g s", what, timeout)
+            raise ServiceUnavailable(
+                f"the broker did not answer for {what} within {timeout:g} s "
+                "(ASYNCML_PUBLISH_TIMEOUT_S); nothing queued, retry later"
+            ) from exc
 
     async def _claim(self, key: str, fingerprint: str, record: TaskRecord) -> TaskRecord | None:
         """Bind ``key`` to our new (stored) task, or return the task it already names and

@@ -123,8 +123,10 @@ class QueueGate:
         async with self._lock:  # one reader refreshes; the others use what it read
             if self.clock() - self._read_at >= DEPTH_TTL_S:
                 try:
+                    # Abandoned if the submission's deadline passes: a frozen broker
+                    # never answers the read (the next reader tries again).
                     depths: dict[str, Any] = await anyio.to_thread.run_sync(
-                        self.engine.queue_depths
+                        self.engine.queue_depths, abandon_on_cancel=True
                     )
                     self._depths = {str(k): int(v) for k, v in depths.items()}
                 except Exception as exc:  # the broker is down: publishing will say so
