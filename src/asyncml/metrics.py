@@ -97,6 +97,26 @@ class QueueDepth(Collector):
         yield family
 
 
+class StoreDurable(Collector):
+    """The task store's persistence as read at scrape time (by the caller, which may await):
+    ``durable`` True 1, False 0, None (the server would not say) -1; no sample when it was
+    not read (``ASYNCML_STORE_DURABILITY=off``, or the store is down)."""
+
+    def __init__(self, durable: bool | None, *, read: bool) -> None:
+        self._durable = durable
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "asyncml_store_durable",
+            "1 if the task store keeps accepted tasks across a crash of its server "
+            "(Redis appendonly yes; SQLite), 0 if not, -1 if the server would not say.",
+        )
+        if self._read:
+            family.add_metric([], -1 if self._durable is None else int(self._durable))
+        yield family
+
+
 _shared_folder: Path | None = None  # set once by the entry point; see the module's docstring
 
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(
         default=48 * HOURS, gt=0, description="Seconds a finished task's record is kept."
     )
+    store_durability: Literal["check", "warn", "off"] = Field(
+        default="check",
+        description="A task store that may lose accepted tasks in a crash (Redis without "
+        "appendonly yes): check = log an error and /readyz answers 503; warn = log a "
+        "warning, stay ready; off = do not look.",
+    )
     # --- API keys, limits and back-pressure -------------------------------------------
     auth: Literal["auto", "on", "off"] = Field(
         default="auto",

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from asyncml import metrics
-from asyncml.api.deps import ServicesDep
+from asyncml.api.deps import Services, ServicesDep
 from asyncml.errors import ServiceUnavailable, Unauthorized
+from asyncml.store import StoreDurability, refuses_readiness
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +25,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready only when both the broker and the result store answer."""
+    """Ready only when both the broker and the result store answer, and (with
+    ASYNCML_STORE_DURABILITY=check) the store keeps accepted tasks across a crash."""
     checks: dict[str, str] = {}
     try:
         await anyio.to_thread.run_sync(services.engine.ping_broker)
@@ -37,10 +39,26 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     except ServiceUnavailable as exc:
         checks["result_store"] = exc.message
     ready = all(v == "ok" for v in checks.values())
+    body: dict[str, object] = dict(checks)
+    durability = await _store_durability(services) if ready else None
+    if durability is not None and durability.durable is not True:
+        body["store_durability"] = durability.model_dump()
+        ready = not refuses_readiness(durability, services.settings.store_durability)
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", **checks},
+        {"status": "ready" if ready else "unavailable", **body},
         status_code=200 if ready else 503,
     )
+
+
+async def _store_durability(services: Services) -> StoreDurability | None:
+    """Read on every probe, so a fix made live (CONFIG SET appendonly yes) is seen at once;
+    None when ASYNCML_STORE_DURABILITY=off or the store does not answer."""
+    if services.settings.store_durability == "off":
+        return None
+    try:
+        return await services.store.durability()
+    except ServiceUnavailable:
+        return None
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -52,5 +70,9 @@ async def prometheus_metrics(services: ServicesDep, request: Request) -> Respons
         if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
             raise Unauthorized("send the metrics token: Authorization: Bearer <token>")
     depth = metrics.QueueDepth(services.engine.queue_depths)
-    body = await anyio.to_thread.run_sync(metrics.exposition, [depth])
+    durability = await _store_durability(services)
+    durable = metrics.StoreDurable(
+        None if durability is None else durability.durable, read=durability is not None
+    )
+    body = await anyio.to_thread.run_sync(metrics.exposition, [depth, durable])
     return Response(body, media_type=CONTENT_TYPE_LATEST)

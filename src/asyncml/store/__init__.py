@@ -8,6 +8,8 @@ SQLite in the embedded default.
 
 from __future__ import annotations
 
+import logging
+
 from asyncml.records import (
     FINAL_STATUSES,
     Callback,
@@ -19,6 +21,14 @@ from asyncml.records import (
 )
 from asyncml.settings import Settings
 from asyncml.store.base import AsyncTaskStore, Cancelled, TaskStore
+from asyncml.store.durability import (
+    DurabilityMode,
+    StoreDurability,
+    check_at_start,
+    check_at_start_async,
+    log_durability,
+    refuses_readiness,
+)
 
 
 def open_store(settings: Settings) -> TaskStore:
@@ -46,17 +56,36 @@ def open_async_store(settings: Settings) -> AsyncTaskStore:
     )
 
 
+def check_durability_at_start(settings: Settings, log: logging.Logger) -> None:
+    """For a process that keeps no store open (a worker's main process: its forked
+    children must not inherit a connection), so the store is opened and closed here."""
+    if settings.store_durability == "off":
+        return
+    store = open_store(settings)
+    try:
+        check_at_start(store, settings.store_durability, log)
+    finally:
+        store.close()
+
+
 __all__ = [
     "FINAL_STATUSES",
     "AsyncTaskStore",
     "Callback",
     "Cancelled",
     "Delivery",
+    "DurabilityMode",
     "ErrorBody",
+    "StoreDurability",
     "TaskRecord",
     "TaskStatus",
     "TaskStore",
+    "check_at_start",
+    "check_at_start_async",
+    "check_durability_at_start",
+    "log_durability",
     "open_async_store",
     "open_store",
+    "refuses_readiness",
     "utcnow",
 ]

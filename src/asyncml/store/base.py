@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
 from asyncml.store.dead_letters import DeadLetter
+from asyncml.store.durability import StoreDurability
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,11 @@ class TaskStore(Protocol):
 
     def ping(self) -> None: ...
 
+    def durability(self) -> StoreDurability:
+        """Whether an accepted task survives a crash of the store's server, as read from
+        the server (see ``store/durability.py``)."""
+        ...
+
     def close(self) -> None: ...
 
     # --- dead-letter queue: tasks that killed their worker on every attempt ---------
@@ -154,5 +160,7 @@ class AsyncTaskStore(Protocol):
     async def release_key(self, key: str) -> None: ...
 
     async def ping(self) -> None: ...
+
+    async def durability(self) -> StoreDurability: ...
 
     async def close(self) -> None: ...

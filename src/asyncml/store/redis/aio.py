@@ -13,11 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from asyncml.records import ApiKey, TaskPage, TaskRecord, TaskStatus
 from asyncml.store.base import Cancelled
+from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
-from asyncml.store.redis import codec, scripts
+from asyncml.store.redis import codec, persistence, scripts
 from asyncml.store.redis.connection import async_retry, client_options, translated
 from asyncml.store.redis.scripts import CHANNEL_PREFIX, IDEMPOTENCY_PREFIX, KEY_PREFIX
 
@@ -187,6 +189,17 @@ class AsyncRedisTaskStore:
     async def ping(self) -> None:
         with translated():
             await self._r.ping()
+
+    async def durability(self) -> StoreDurability:
+        with translated():
+            try:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for name in persistence.PARAMETERS:
+                        pipe.config_get(name)
+                    replies = await pipe.execute()
+            except ResponseError:  # CONFIG renamed away or forbidden by an ACL
+                return persistence.undisclosed()
+        return persistence.report({k: v for reply in replies for k, v in reply.items()})
 
     async def close(self) -> None:
         self._closing = True

@@ -7,11 +7,13 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
 from asyncml.records import ApiKey, Delivery, ErrorBody, TaskRecord, TaskStatus
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
-from asyncml.store.redis import codec, scripts
+from asyncml.store.durability import StoreDurability
+from asyncml.store.redis import codec, persistence, scripts
 from asyncml.store.redis.connection import client_options, sync_retry, translated
 from asyncml.store.redis.scripts import CACHE_PREFIX, DEAD_LETTERS, KEY_NAMES, KEY_PREFIX
 
@@ -117,6 +119,17 @@ class RedisTaskStore:
     def ping(self) -> None:
         with translated():
             self._r.ping()
+
+    def durability(self) -> StoreDurability:
+        with translated():
+            try:
+                with self._r.pipeline(transaction=False) as pipe:
+                    for name in persistence.PARAMETERS:
+                        pipe.config_get(name)
+                    replies = pipe.execute()
+            except ResponseError:  # CONFIG renamed away or forbidden by an ACL
+                return persistence.undisclosed()
+        return persistence.report({k: v for reply in replies for k, v in reply.items()})
 
     def close(self) -> None:
         self._r.close()

@@ -16,6 +16,7 @@ import anyio.to_thread
 from asyncml.errors import ServiceUnavailable
 from asyncml.records import ApiKey, TaskPage, TaskRecord, TaskStatus
 from asyncml.store.base import Cancelled
+from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
 from asyncml.store.sqlite.sync import SqliteTaskStore
 
@@ -99,6 +100,9 @@ class AsyncSqliteTaskStore:
 
     async def ping(self) -> None:
         await anyio.to_thread.run_sync(self._store.ping)
+
+    async def durability(self) -> StoreDurability:
+        return await anyio.to_thread.run_sync(self._store.durability)
 
     async def close(self) -> None:
         self._store.close()

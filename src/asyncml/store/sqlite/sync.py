@@ -19,6 +19,7 @@ from asyncml.errors import ServiceUnavailable
 from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
+from asyncml.store.durability import StoreDurability
 from asyncml.store.sqlite.schema import (
     ADDED_COLUMNS,
     COLUMNS,
@@ -29,6 +30,7 @@ from asyncml.store.sqlite.schema import (
 )
 
 _PURGE_EVERY = 500  # finishes between two purges of expired records
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 class SqliteTaskStore:
@@ -258,6 +260,22 @@ class SqliteTaskStore:
 
     def ping(self) -> None:
         self._execute("SELECT 1").fetchone()
+
+    def durability(self) -> StoreDurability:
+        """Read back, not assumed: the pragmas ``_conn`` sets are what makes it durable."""
+        journal = str(self._execute("PRAGMA journal_mode").fetchone()[0])
+        level = int(self._execute("PRAGMA synchronous").fetchone()[0])
+        settings = {"journal_mode": journal, "synchronous": _SYNCHRONOUS.get(level, str(level))}
+        if level >= 2:
+            risk = "nothing: every commit is on disk before the id is answered."
+            return StoreDurability(store="sqlite", durable=True, settings=settings, risk=risk)
+        return StoreDurability(
+            store="sqlite",
+            durable=False,
+            settings=settings,
+            risk="the last commits before a power cut or kernel crash.",
+            fix="the store sets synchronous=FULL on each connection: something changed it",
+        )
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
