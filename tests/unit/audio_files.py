@@ -87,3 +87,20 @@ def clear_flac_total_samples(path: Path) -> None:
     packed = int.from_bytes(raw[field_at : field_at + 8], "big") & ~((1 << 36) - 1)
     raw[field_at : field_at + 8] = packed.to_bytes(8, "big")
     path.write_bytes(bytes(raw))
+
+
+def pcm_wav_bytes(
+    *, sample_rate: int, frames: int, channels: int = 1, bits: int = 16, block_align: int = 0
+) -> bytes:
+    """A canonical PCM WAV of silence, built field by field so a test can make its header lie.
+
+    ``block_align`` 0 means the honest value (channels x bytes per sample); the data chunk
+    always holds ``frames`` honest frames.
+    """
+    honest = channels * ((bits + 7) // 8)
+    align = block_align or honest
+    data = bytes(frames * honest)
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * align, align, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body

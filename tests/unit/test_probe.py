@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from asyncml.tasks._audio_errors import AudioError, AudioNotAudio, AudioTruncated
-from asyncml.tasks._probe import probe_audio
+from asyncml.tasks._probe import probe_audio, probe_wav_head
 
 from .audio_files import (
     clear_flac_total_samples,
@@ -19,6 +19,7 @@ from .audio_files import (
     cut_in_half,
     mp3_frame_offsets,
     patch_wav_sizes,
+    pcm_wav_bytes,
     write_audio,
 )
 
@@ -269,6 +270,46 @@ def test_wav_whose_header_claims_an_implausible_sample_rate_is_not_audio(
     liar.write_bytes(bytes(data))
     with pytest.raises(AudioNotAudio, match="implausible 50000000 Hz"):
         probe_audio(liar)
+
+
+# A 1 Hz header over 16,000 frames of 16-bit mono: 32,000 bytes that claim 4 h 26 min.
+ONE_HERTZ = pcm_wav_bytes(sample_rate=1, frames=16_000)
+# 16-bit stereo needs 4 bytes a frame; a block align of 1 claims 4x the frames the bytes hold.
+THIN_FRAMES = pcm_wav_bytes(sample_rate=16_000, frames=16_000, channels=2, block_align=1)
+
+
+def test_wav_at_1_hz_is_not_audio(tmp_path: Path) -> None:
+    path = tmp_path / "slow.wav"
+    path.write_bytes(ONE_HERTZ)
+
+    with pytest.raises(AudioNotAudio, match=r"implausible 1 Hz .*at least 1000 Hz"):
+        probe_audio(path)
+
+
+def test_wav_head_at_1_hz_is_not_audio() -> None:
+    with pytest.raises(AudioNotAudio, match=r"implausible 1 Hz .*at least 1000 Hz"):
+        probe_wav_head(ONE_HERTZ, len(ONE_HERTZ))
+
+
+@pytest.mark.parametrize("rate", [1000, 768_000])
+def test_wav_at_either_end_of_the_accepted_rates_is_measured(tmp_path: Path, rate: int) -> None:
+    path = tmp_path / "edge.wav"
+    path.write_bytes(pcm_wav_bytes(sample_rate=rate, frames=2 * rate))
+
+    assert probe_audio(path).duration_s == pytest.approx(2.0)
+
+
+def test_wav_whose_frames_are_smaller_than_its_samples_is_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "thin.wav"
+    path.write_bytes(THIN_FRAMES)
+
+    with pytest.raises(AudioTruncated, match=r"2 channels of 16-bit samples need 4 bytes a frame"):
+        probe_audio(path)
+
+
+def test_wav_head_whose_frames_are_smaller_than_its_samples_is_truncated() -> None:
+    with pytest.raises(AudioTruncated, match=r"2 channels of 16-bit samples need 4 bytes a frame"):
+        probe_wav_head(THIN_FRAMES, len(THIN_FRAMES))
 
 
 def test_file_too_large_to_decode_in_full_fails_before_decoding(

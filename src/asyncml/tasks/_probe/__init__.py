@@ -29,6 +29,10 @@ anything else libsndfile opens
     Formats libsndfile clamps like WAV (AIFF, AU, CAF, ...) then report the length of the
     bytes present: right for what can be played, though not flagged as truncated.
 
+The rate is a claim too (the length is frames / rate): a sample rate outside 1 kHz to
+768 kHz, or more than 64 channels, is ``AudioNotAudio``; a WAV whose frames (block align) are
+smaller than one sample per channel claims more audio than its bytes hold, ``AudioTruncated``.
+
 When the header gives no length, the frames are counted by decoding with libsndfile in
 blocks. Only when libsndfile cannot open the file at all does librosa (imported lazily: it is
 heavy) get a try at a full decode. Errors from either library never escape: they become an
@@ -40,7 +44,14 @@ checks) and ``entry`` (``probe_audio``, which dispatches to them).
 """
 
 from asyncml.tasks._probe.entry import probe_audio
-from asyncml.tasks._probe.info import MAX_CHANNELS, MAX_SAMPLE_RATE, AudioInfo
+from asyncml.tasks._probe.info import MAX_CHANNELS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioInfo
 from asyncml.tasks._probe.riff import probe_wav_head
 
-__all__ = ["MAX_CHANNELS", "MAX_SAMPLE_RATE", "AudioInfo", "probe_audio", "probe_wav_head"]
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "AudioInfo",
+    "probe_audio",
+    "probe_wav_head",
+]

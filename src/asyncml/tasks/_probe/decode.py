@@ -15,7 +15,7 @@ import soundfile as sf
 from celery.exceptions import SoftTimeLimitExceeded
 
 from asyncml.tasks._audio_errors import AudioError, AudioNotAudio
-from asyncml.tasks._probe.info import NOT_AUDIO, AudioInfo
+from asyncml.tasks._probe.info import NOT_AUDIO, AudioInfo, check_plausible
 
 _DECODE_BLOCK_FRAMES = 65536
 # A full decode holds every sample: a file larger than this could need gigabytes.
@@ -70,6 +70,7 @@ def probe_by_decoding_with_librosa(path: Path, *, libsndfile_error: str) -> Audi
     sample_rate = int(rate)
     if sample_rate <= 0 or frames == 0:
         raise AudioNotAudio(f"{NOT_AUDIO}: {libsndfile_error}")
+    check_plausible("the decoded audio", sample_rate, channels)
     return AudioInfo(
         duration_s=frames / sample_rate,
         sample_rate=sample_rate,

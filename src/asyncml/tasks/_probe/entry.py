@@ -9,12 +9,11 @@ import soundfile as sf
 from asyncml.tasks._audio_errors import AudioError, AudioNotAudio
 from asyncml.tasks._probe.decode import decoded_frames, probe_by_decoding_with_librosa
 from asyncml.tasks._probe.info import (
-    MAX_CHANNELS,
-    MAX_SAMPLE_RATE,
     NOT_AUDIO,
     UNKNOWN_FRAMES,
     AudioInfo,
     check_last_frame_readable,
+    check_plausible,
     error_reason,
 )
 from asyncml.tasks._probe.mpeg import mpeg_frames
@@ -41,11 +40,7 @@ def probe_audio(path: Path) -> AudioInfo:
         fmt = str(snd.format)
         sample_rate = int(snd.samplerate)
         channels = int(snd.channels)
-        if not (0 < sample_rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS):
-            raise AudioNotAudio(
-                f"{fmt} header gives an implausible {sample_rate} Hz and {channels} channels "
-                f"(at most {MAX_SAMPLE_RATE} Hz and {MAX_CHANNELS} channels are accepted)"
-            )
+        check_plausible(f"{fmt} header", sample_rate, channels)
         try:
             frames = _checked_frames(snd, path, size, fmt)
         except (sf.SoundFileError, RuntimeError) as exc:

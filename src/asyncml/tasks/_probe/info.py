@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from asyncml.tasks._audio_errors import AudioTruncated
+from asyncml.tasks._audio_errors import AudioNotAudio, AudioTruncated
 
 # libsndfile reports SF_COUNT_MAX (2**63 - 1) frames when the header does not say.
 UNKNOWN_FRAMES = 2**62
@@ -24,10 +24,26 @@ class AudioInfo:
     format: str
 
 
-# Headers beyond these are lies or attacks (the highest real rates are 768 kHz; 64 channels
-# covers ambisonics).
+# Headers beyond these are lies or attacks. Real audio runs from 8 kHz (telephony) to 768 kHz
+# (the highest rate converters offer); 1 kHz leaves room for odd recorders. 64 channels
+# covers ambisonics. The README's audio section states the same range.
+MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
 MAX_CHANNELS = 64
+
+
+def check_plausible(source: str, sample_rate: int, channels: int) -> None:
+    """Refuse a rate or channel count no real audio has, whatever the format.
+
+    The length is frames / rate, so a header's rate is as much a claim as its frame count: a
+    WAV saying 1 Hz over 16,000 frames would otherwise be answered as 4 h 26 min.
+    """
+    if not (MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS):
+        raise AudioNotAudio(
+            f"{source} gives an implausible {sample_rate} Hz and {channels} channels "
+            f"(accepted: at least {MIN_SAMPLE_RATE} Hz and at most {MAX_SAMPLE_RATE} Hz, "
+            f"1 to {MAX_CHANNELS} channels)"
+        )
 
 
 def error_reason(exc: Exception) -> str:

@@ -16,12 +16,11 @@ from typing import BinaryIO
 
 import soundfile as sf
 
-from asyncml.tasks._audio_errors import AudioNotAudio, AudioTruncated
+from asyncml.tasks._audio_errors import AudioTruncated
 from asyncml.tasks._probe.info import (
-    MAX_CHANNELS,
-    MAX_SAMPLE_RATE,
     AudioInfo,
     check_last_frame_readable,
+    check_plausible,
     seconds,
 )
 
@@ -36,6 +35,8 @@ class _RiffData:
     declared: int
     codec: int
     block_align: int
+    channels: int
+    bits: int  # bits per sample; 0 when the fmt chunk is too short to say
 
 
 _PCM_CODECS = (1, 3, 0xFFFE)  # integer PCM, IEEE float, WAVE_FORMAT_EXTENSIBLE
@@ -53,7 +54,7 @@ def probe_wav_head(head: bytes, total_size: int) -> AudioInfo | None:
     """
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
-    codec = channels = rate = block_align = 0
+    codec = channels = rate = block_align = bits = 0
     pos = 12
     while pos + 8 <= len(head):
         chunk_id = head[pos : pos + 4]
@@ -62,13 +63,13 @@ def probe_wav_head(head: bytes, total_size: int) -> AudioInfo | None:
             codec, channels, rate, _, block_align = struct.unpack(
                 "<HHIIH", head[pos + 8 : pos + 22]
             )
+            if chunk_size >= 16 and pos + 8 + 16 <= len(head):
+                (bits,) = struct.unpack("<H", head[pos + 22 : pos + 24])
         elif chunk_id == b"data":
             if codec not in _PCM_CODECS or block_align <= 0 or chunk_size in (0, 0xFFFFFFFF):
                 return None
-            if not (0 < rate <= MAX_SAMPLE_RATE and 0 < channels <= MAX_CHANNELS):
-                raise AudioNotAudio(
-                    f"WAV header gives an implausible {rate} Hz and {channels} channels"
-                )
+            check_plausible("WAV header", rate, channels)
+            _check_frame_size("WAV", block_align, channels, bits)
             present = total_size - (pos + 8)
             if chunk_size > present:
                 raise AudioTruncated(
@@ -99,7 +100,7 @@ def riff_data_chunk(path: Path, size: int) -> _RiffData | None:
             return None
         endian = ">" if head[:4] == b"RIFX" else "<"
         ds64_data_size: int | None = None
-        codec, block_align = 0, 0
+        codec = block_align = channels = bits = 0
         pos = 12
         while pos < size:
             fh.seek(pos)
@@ -113,14 +114,16 @@ def riff_data_chunk(path: Path, size: int) -> _RiffData | None:
                 if len(body) == 16:
                     (ds64_data_size,) = struct.unpack("<Q", body[8:16])
             elif chunk_id == b"fmt ":
-                body = fh.read(14)
-                if len(body) == 14:
-                    codec, _, _, _, block_align = struct.unpack(endian + "HHIIH", body)
+                body = fh.read(min(chunk_size, 16))
+                if len(body) >= 14:
+                    codec, channels, _, _, block_align = struct.unpack(endian + "HHIIH", body[:14])
+                if len(body) == 16:
+                    (bits,) = struct.unpack(endian + "H", body[14:])
             elif chunk_id == b"data":
                 declared = chunk_size
                 if chunk_size == 0xFFFFFFFF and ds64_data_size is not None:
                     declared = ds64_data_size
-                return _RiffData(pos + 8, declared, codec, block_align)
+                return _RiffData(pos + 8, declared, codec, block_align, channels, bits)
             pos = _next_chunk(fh, pos + 8 + chunk_size, odd=bool(chunk_size & 1))
         if pos == size:
             return None
@@ -153,6 +156,8 @@ def riff_frames(snd: sf.SoundFile, path: Path, size: int, fmt: str) -> int:
         return frames
     present = size - riff.offset
     block_align = riff.block_align if riff.codec in _BLOCK_CODECS else 0
+    if block_align > 0:
+        _check_frame_size(fmt, block_align, riff.channels, riff.bits)
     if riff.declared in _SIZE_NOT_WRITTEN:
         return max(present, 0) // block_align if block_align > 0 else int(snd.frames)
     if riff.declared > present:
@@ -166,3 +171,17 @@ def riff_frames(snd: sf.SoundFile, path: Path, size: int, fmt: str) -> int:
     if block_align > 0:
         return riff.declared // block_align
     return int(snd.frames)
+
+
+def _check_frame_size(fmt: str, block_align: int, channels: int, bits: int) -> None:
+    """A PCM frame holds one sample per channel, so it is at least that many bytes.
+
+    The length is counted as data bytes / block align: a header giving 16-bit stereo frames
+    of 1 byte claims four times the audio its bytes can hold.
+    """
+    needed = channels * max(1, (bits + 7) // 8)
+    if block_align < needed:
+        raise AudioTruncated(
+            f"the {fmt} header claims more audio than its bytes hold: {channels} channels of "
+            f"{bits}-bit samples need {needed} bytes a frame, the header says {block_align}"
+        )
