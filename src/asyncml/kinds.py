@@ -12,14 +12,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from asyncml.fetch import Fetcher
+    from asyncml.fetch import FetchBudget, Fetcher
     from asyncml.settings import Settings
     from asyncml.store import TaskStore
 
@@ -75,14 +75,23 @@ class TaskContext:
     scratch_root: Path | None = None  # where scratch folders go; None: the system's temp dir
     _fetcher: Fetcher | None = field(default=None, repr=False)
     _scratch: Path | None = field(default=None, init=False, repr=False)
+    _fetch_budget: FetchBudget | None = field(default=None, init=False, repr=False)
 
     @property
     def fetcher(self) -> Fetcher:
+        """The guarded fetcher; all of this task's requests share one download deadline.
+
+        The budget is not copied with the context, so each task's copy starts its own.
+        """
         if self._fetcher is None:
             from asyncml.fetch import Fetcher
 
             self._fetcher = Fetcher.from_settings(self.settings)
-        return self._fetcher
+        if self._fetch_budget is None:
+            from asyncml.fetch import FetchBudget
+
+            self._fetch_budget = FetchBudget(self._fetcher.total_timeout_s)
+        return replace(self._fetcher, budget=self._fetch_budget)
 
     def scratch_dir(self) -> Path:
         """A folder of the running task's own, made on first use, for files too big to hold
@@ -150,10 +159,17 @@ class TaskKind(Generic[In, Out]):
         return self.name.split(".", 1)[0]
 
     def run(self, payload: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
-        """Parse the Celery payload at the boundary, run, and dump the output as JSON data."""
-        inp = self.input_model.model_validate(payload)
-        out = self.func(inp, ctx)
-        return self.output_model.model_validate(out).model_dump(mode="json")
+        """Parse the Celery payload at the boundary, run, and dump the output as JSON data.
+
+        The task's scratch folder is removed when the run ends, however it ends: the worker
+        runtime and a test calling a kind directly both run it through here.
+        """
+        try:
+            inp = self.input_model.model_validate(payload)
+            out = self.func(inp, ctx)
+            return self.output_model.model_validate(out).model_dump(mode="json")
+        finally:
+            ctx.remove_scratch()
 
 
 def task_kind(

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from asyncml.api import create_app
+from asyncml.settings import Settings
 from asyncml.store import ErrorBody, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
+from asyncml.webhooks import new_secret
 
 WAV_URL = "http://audio.example/a.wav"  # a name, judged by the worker; never fetched here
 
@@ -315,3 +319,39 @@ def test_without_idempotency_key_each_submit_is_a_new_task(client: TestClient) -
 def test_classic_callback_must_be_a_boolean(client: TestClient) -> None:
     response = client.post("/audio/length", json={"audio_url": WAV_URL, "callback": 0})
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/audio.length", "/audio/length"])
+def test_audio_url_with_credentials_is_refused_with_422_naming_the_rule(
+    client: TestClient, queued_messages: Callable[[], int], path: str
+) -> None:
+    response = client.post(path, json={"audio_url": "http://alice:s3cret@audio.example/a.wav"})
+
+    assert response.status_code == 422
+    body = response.json()
+    assert body["type"] == "input_invalid"
+    assert body["message"].startswith("audio_url: ")
+    assert "credentials" in body["message"]
+    assert "s3cret" not in body["message"]
+    assert queued_messages() == 0
+
+
+def test_callback_url_with_credentials_is_refused_with_422_naming_the_rule(
+    tmp_path: Path, queued_messages: Callable[[], int]
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        webhook_secret=new_secret(),
+        webhook_allow_loopback=True,
+    )
+    with TestClient(create_app(settings)) as hooked:
+        response = hooked.post(
+            "/v1/tasks/audio.length",
+            json={"audio_url": WAV_URL, "callback_url": "http://alice:s3cret@127.0.0.1:9/hook"},
+        )
+
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("callback_url: ")
+    assert "credentials" in response.json()["message"]
+    assert queued_messages() == 0

@@ -19,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from asyncml.errors import FetchBlocked, FetchError, FetchTooLarge
-from asyncml.fetch import Fetcher, IPAddress, Resolver, address_allowed, resolve_host
+from asyncml.fetch import (
+    FetchBudget,
+    Fetcher,
+    IPAddress,
+    Resolver,
+    address_allowed,
+    literal_refusal,
+    resolve_host,
+)
 from asyncml.settings import Settings
 
 BODY = b"RIFF" + bytes(range(256)) * 200  # 51,204 bytes
@@ -35,6 +43,7 @@ class _Server(ThreadingHTTPServer):
         self.release = threading.Event()  # stalled and dripping handlers stop at teardown
         self.paths: list[str] = []
         self.hosts: list[str] = []
+        self.authorizations: list[str | None] = []
 
     @property
     def port(self) -> int:
@@ -51,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
         self.server.hosts.append(self.headers.get("Host", ""))
+        self.server.authorizations.append(self.headers.get("Authorization"))
         route = self.path.split("?")[0]
         try:
             if route == "/audio":
@@ -65,6 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._redirect("/loop")
             elif route == "/to-internal":
                 self._redirect(f"http://internal.test:{self.server.port}/audio")
+            elif route == "/to-credentials":
+                self._redirect(f"http://alice:s3cret@127.0.0.1:{self.server.port}/audio")
             elif route == "/to-ftp":
                 self._redirect("ftp://127.0.0.1/audio")
             elif route == "/stall":
@@ -222,6 +234,29 @@ def test_unspecified_multicast_and_reserved_are_never_allowed(address: str) -> N
     assert not address_allowed(ip, allow_loopback=True, allow_private=True)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://alice:s3cret@audio.example/a.wav",
+        "https://alice@audio.example/a.wav",
+        "http://:s3cret@8.8.8.8/a.wav",
+    ],
+)
+def test_url_with_credentials_is_refused_before_any_lookup(url: str) -> None:
+    refused = literal_refusal(url, allow_loopback=True, allow_private=True)
+
+    assert refused is not None
+    assert "credentials" in refused
+    assert "s3cret" not in refused and "alice" not in refused
+
+
+def test_url_without_credentials_is_not_refused_for_its_name() -> None:
+    assert (
+        literal_refusal("http://audio.example/a.wav", allow_loopback=False, allow_private=False)
+        is None
+    )
+
+
 # --- downloads from the loopback server -------------------------------------------------------
 
 
@@ -371,6 +406,44 @@ def test_download_connects_to_the_address_it_checked_not_a_fresh_lookup(
     assert server.hosts == [f"pinned.test:{server.port}"]
 
 
+def test_url_with_credentials_is_blocked_before_connecting(
+    server: _Server, tmp_path: Path, connections: list[tuple[str, int]]
+) -> None:
+    url = f"http://alice:s3cret@127.0.0.1:{server.port}/audio"
+
+    with pytest.raises(FetchBlocked, match="credentials") as caught:
+        _loopback_fetcher().download(url, tmp_path / "body.wav")
+
+    assert "s3cret" not in caught.value.message
+    assert connections == []
+
+
+@pytest.mark.parametrize("method", ["download", "get"])
+def test_redirect_to_a_url_with_credentials_is_blocked_and_sends_none(
+    server: _Server, tmp_path: Path, method: str
+) -> None:
+    url = f"http://127.0.0.1:{server.port}/to-credentials"
+    fetcher = _loopback_fetcher()
+
+    with pytest.raises(FetchBlocked, match="credentials") as caught:
+        if method == "download":
+            fetcher.download(url, tmp_path / "body.wav")
+        else:
+            fetcher.get(url)
+
+    assert caught.value.to_body()["type"] == "blocked_destination"
+    assert "s3cret" not in caught.value.message
+    assert server.paths == ["/to-credentials"]
+    assert server.authorizations == [None]
+
+
+def test_post_to_a_url_with_credentials_is_blocked(server: _Server) -> None:
+    with pytest.raises(FetchBlocked, match="credentials"):
+        _loopback_fetcher().post(f"http://alice:s3cret@127.0.0.1:{server.port}/hook", b"{}", {})
+
+    assert server.paths == []
+
+
 def test_too_many_redirects_is_a_fetch_error(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(FetchError, match=r"too many redirects \(more than 3\)"):
         _loopback_fetcher(max_redirects=3).download(
@@ -417,7 +490,7 @@ def test_body_that_stalls_midway_is_a_timeout_and_leaves_no_file(
 def test_download_is_capped_by_the_total_timeout(server: _Server, tmp_path: Path) -> None:
     fetcher = _loopback_fetcher(read_timeout_s=20.0, total_timeout_s=0.3)
 
-    with pytest.raises(FetchError, match=r"took longer than 0\.3 s"):
+    with pytest.raises(FetchError, match=r"timed out after \d+\.\d s \(the limit is 0\.3 s\)"):
         fetcher.download(f"http://127.0.0.1:{server.port}/stall", tmp_path / "body.wav")
 
 
@@ -429,7 +502,7 @@ def test_server_that_drips_bytes_is_cut_off_at_the_total_timeout(
     dest = tmp_path / "body.wav"
     started = time.monotonic()
 
-    with pytest.raises(FetchError, match=r"took longer than 1\.0 s"):
+    with pytest.raises(FetchError, match=r"timed out after \d+\.\d s \(the limit is 1 s\)"):
         fetcher.download(f"http://127.0.0.1:{server.port}/drip", dest)
 
     assert time.monotonic() - started < 3.0
@@ -443,10 +516,23 @@ def test_read_that_stalls_near_the_deadline_ends_at_the_deadline(
     fetcher = _loopback_fetcher(read_timeout_s=20.0, total_timeout_s=2.0)
     started = time.monotonic()
 
-    with pytest.raises(FetchError, match=r"took longer than 2\.0 s"):
+    with pytest.raises(FetchError, match=r"timed out after \d+\.\d s \(the limit is 2 s\)"):
         fetcher.download(f"http://127.0.0.1:{server.port}/drip-then-stall", tmp_path / "body.wav")
 
     assert time.monotonic() - started < 3.0
+
+
+def test_requests_sharing_a_budget_end_at_one_deadline(server: _Server, tmp_path: Path) -> None:
+    budget = FetchBudget(total_s=1.0)
+    fetcher = _loopback_fetcher(read_timeout_s=20.0, total_timeout_s=5.0, budget=budget)
+    with pytest.raises(FetchError, match="timed out"):
+        fetcher.download(f"http://127.0.0.1:{server.port}/drip", tmp_path / "body.wav")
+
+    with pytest.raises(FetchError, match=r"after 1\.\d s: all of a task's downloads") as caught:
+        fetcher.get(f"http://127.0.0.1:{server.port}/audio")
+
+    assert isinstance(caught.value.__cause__, TimeoutError)  # retryable, like any timeout
+    assert server.paths == ["/drip"]  # the second request was never sent
 
 
 def test_refused_connection_is_a_fetch_error(tmp_path: Path) -> None:

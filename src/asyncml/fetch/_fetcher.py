@@ -4,8 +4,9 @@ Redirects are followed here, one hop at a time, so every hop goes through the ad
 and the transport's connect-time check; proxy variables and ``.netrc`` are ignored (a proxy
 would make the connect-time check moot). A download streams to disk with a byte cap (checked
 against ``Content-Length`` up front and against the bytes actually received), per-phase
-timeouts and a wall-clock cap that every socket wait is clamped to. Every failure is a
-``FetchError`` whose message names the URL without its credentials.
+timeouts and a wall-clock cap that every socket wait is clamped to. A ``FetchBudget`` makes
+that cap one deadline for every request of one task. Every failure is a ``FetchError`` whose
+message names the URL without its credentials.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from asyncml.errors import FetchError, FetchTooLarge
-from asyncml.fetch._policy import Resolver, _parse_url, _redact, resolve_host
+from asyncml.errors import FetchBlocked, FetchError, FetchTooLarge
+from asyncml.fetch._deadline import FetchBudget, _Deadline
+from asyncml.fetch._policy import (
+    Resolver,
+    _parse_url,
+    _redact,
+    credentials_refusal,
+    resolve_host,
+)
 from asyncml.fetch._transport import _GuardedBackend, _GuardedTransport
 from asyncml.settings import Settings
 
@@ -52,7 +60,8 @@ class Fetcher:
     """Downloads one URL at a time under the configured caps; cheap to build, holds no sockets.
 
     Each ``download`` uses its own connection pool, so nothing (including a connection to an
-    address that was allowed under other settings) outlives the call.
+    address that was allowed under other settings) outlives the call. ``total_timeout_s``
+    caps each call; with a ``budget``, the task's calls together are capped by it as well.
     """
 
     max_bytes: int = 200_000_000
@@ -63,8 +72,21 @@ class Fetcher:
     allow_loopback: bool = False
     allow_private: bool = False
     resolver: Resolver = resolve_host
+    budget: FetchBudget | None = field(default=None, compare=False)
 
-    def _client(self, deadline: float, headers: Mapping[str, str] | None = None) -> httpx.Client:
+    def _deadline(self) -> _Deadline:
+        """This call's deadline; starts the task's budget if this is its first request."""
+        now = time.monotonic()
+        own = _Deadline(now + self.total_timeout_s, now, self.total_timeout_s, shared=False)
+        if self.budget is None:
+            return own
+        started = self.budget.start(now)
+        shared = _Deadline(started + self.budget.total_s, started, self.budget.total_s, True)
+        return shared if shared.at <= own.at else own
+
+    def _client(
+        self, deadline: _Deadline, headers: Mapping[str, str] | None = None
+    ) -> httpx.Client:
         """A client whose every connection goes through the guard, under one deadline.
 
         Redirects are followed by the callers, hop by hop, so each hop is checked; proxies
@@ -74,7 +96,7 @@ class Fetcher:
             resolver=self.resolver,
             allow_loopback=self.allow_loopback,
             allow_private=self.allow_private,
-            deadline=deadline,
+            deadline=deadline.at,
         )
         return httpx.Client(
             transport=_GuardedTransport(backend),
@@ -97,7 +119,7 @@ class Fetcher:
 
     def download(self, url: str, dest: Path) -> Downloaded:
         """Stream ``url`` into ``dest``; on failure ``dest`` is removed and a FetchError raised."""
-        deadline = time.monotonic() + self.total_timeout_s
+        deadline = self._deadline()
         current = _parse_url(url)
         with self._client(deadline) as client:
             for _hop in range(self.max_redirects + 1):
@@ -118,7 +140,7 @@ class Fetcher:
         so keep that cap small. A timeout's FetchError has a timeout as its ``__cause__``
         (an ``httpx.TimeoutException`` or a ``TimeoutError``), so callers can retry it.
         """
-        deadline = time.monotonic() + self.total_timeout_s
+        deadline = self._deadline()
         current = _parse_url(url)
         with self._client(deadline, headers) as client:
             for _hop in range(self.max_redirects + 1):
@@ -127,8 +149,9 @@ class Fetcher:
                     raise FetchError(f"not an http(s) URL: {shown}")
                 if not current.host:
                     raise FetchError(f"URL has no host: {shown}")
-                if time.monotonic() >= deadline:
-                    raise FetchError(self._total_timeout_message(shown)) from TimeoutError()
+                _refuse_credentials(current)
+                if deadline.passed():
+                    raise FetchError(deadline.message(shown)) from TimeoutError()
                 request = client.build_request(
                     "GET", current, timeout=self._timeout(deadline, shown)
                 )
@@ -157,11 +180,12 @@ class Fetcher:
         """POST ``body`` once and return the status; no redirect is followed (a 3xx is the
         receiver's answer, not a place to resend a signed notice). Same guard and time
         limits as ``get``; the response body is not read."""
-        deadline = time.monotonic() + self.total_timeout_s
+        deadline = self._deadline()
         target = _parse_url(url)
         shown = _redact(target)
         if target.scheme not in ("http", "https") or not target.host:
             raise FetchError(f"not an http(s) URL: {shown}")
+        _refuse_credentials(target)
         with self._client(deadline) as client:
             request = client.build_request(
                 "POST", target, content=body, headers=dict(headers),
@@ -172,7 +196,7 @@ class Fetcher:
             response.close()
             return response.status_code
 
-    def _read_small(self, response: httpx.Response, deadline: float, shown: str) -> bytes:
+    def _read_small(self, response: httpx.Response, deadline: _Deadline, shown: str) -> bytes:
         """The body in memory, under the byte cap and the wall-clock cap of ``get``."""
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -187,12 +211,12 @@ class Fetcher:
                     raise FetchTooLarge(
                         f"{shown} sent more than the limit of {self.max_bytes} bytes"
                     )
-                if time.monotonic() > deadline:
-                    raise FetchError(self._total_timeout_message(shown)) from TimeoutError()
+                if deadline.passed():
+                    raise FetchError(deadline.message(shown)) from TimeoutError()
         return bytes(body)
 
     def _one_hop(
-        self, client: httpx.Client, url: httpx.URL, dest: Path, deadline: float
+        self, client: httpx.Client, url: httpx.URL, dest: Path, deadline: _Deadline
     ) -> Downloaded | httpx.URL:
         """Fetch one hop: the saved body, or the URL the server redirects to."""
         shown = _redact(url)
@@ -204,6 +228,7 @@ class Fetcher:
             )
         if not url.host:
             raise FetchError(f"URL has no host: {shown}")
+        _refuse_credentials(url)
         request = client.build_request("GET", url, timeout=self._timeout(deadline, shown))
         with self._mapped_errors(shown, deadline):
             response = client.send(request, stream=True)
@@ -216,11 +241,11 @@ class Fetcher:
         finally:
             response.close()
 
-    def _timeout(self, deadline: float, shown: str) -> httpx.Timeout:
+    def _timeout(self, deadline: _Deadline, shown: str) -> httpx.Timeout:
         """Per-phase timeouts, none longer than the time left, so one wait cannot blow the cap."""
-        left = deadline - time.monotonic()
+        left = deadline.at - time.monotonic()
         if left <= 0:
-            raise FetchError(self._total_timeout_message(shown))
+            raise FetchError(deadline.message(shown)) from TimeoutError()
         return httpx.Timeout(
             connect=min(self.connect_timeout_s, left),
             read=min(self.read_timeout_s, left),
@@ -229,7 +254,7 @@ class Fetcher:
         )
 
     def _save(
-        self, response: httpx.Response, dest: Path, deadline: float, shown: str
+        self, response: httpx.Response, dest: Path, deadline: _Deadline, shown: str
     ) -> Downloaded:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -248,8 +273,8 @@ class Fetcher:
                             f"{shown} sent more than the limit of {self.max_bytes} bytes"
                         )
                     out.write(chunk)
-                    if time.monotonic() > deadline:
-                        raise FetchError(self._total_timeout_message(shown))
+                    if deadline.passed():
+                        raise FetchError(deadline.message(shown)) from TimeoutError()
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
@@ -260,17 +285,14 @@ class Fetcher:
             final_url=shown,
         )
 
-    def _total_timeout_message(self, shown: str) -> str:
-        return f"download of {shown} timed out: it took longer than {self.total_timeout_s} s"
-
     @contextlib.contextmanager
-    def _mapped_errors(self, shown: str, deadline: float) -> Iterator[None]:
+    def _mapped_errors(self, shown: str, deadline: _Deadline) -> Iterator[None]:
         """Turn httpx transport errors into FetchError with a message a caller can act on."""
         try:
             yield
         except httpx.TimeoutException as exc:
-            if time.monotonic() >= deadline:
-                message = self._total_timeout_message(shown)
+            if deadline.passed():
+                message = deadline.message(shown)
             elif isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
                 message = f"timed out connecting to {shown} after {self.connect_timeout_s} s"
             else:
@@ -280,3 +302,10 @@ class Fetcher:
             raise FetchError(f"cannot connect to {shown}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise FetchError(f"download from {shown} failed: {exc}") from exc
+
+
+def _refuse_credentials(url: httpx.URL) -> None:
+    """Refuse a hop whose URL carries userinfo: httpx would send it as Basic auth."""
+    refused = credentials_refusal(url)
+    if refused is not None:
+        raise FetchBlocked(refused)

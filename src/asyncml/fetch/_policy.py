@@ -1,5 +1,8 @@
 """The address policy: which destinations a fetch may reach, and why the others are refused.
 
+Refused: addresses that are not public unicast (unless a setting allows loopback or private
+ranges), and any URL that carries credentials (``user:password@host``).
+
 Pure functions of an address or a URL (plus ``resolve_host``, the one lookup), so the policy
 is testable offline and the API can apply it at submit time, before anything is queued. The
 transport applies the same functions again at connect time, hop by hop.
@@ -119,13 +122,38 @@ def _with_article(reason: str) -> str:
     return f"an {reason}" if reason.startswith("unspecified") else f"a {reason}"
 
 
+CREDENTIALS_RULE = (
+    "URLs with credentials (user:password@host) are refused: the service never forwards them"
+)
+
+
+def credentials_refusal(url: httpx.URL) -> str | None:
+    """Why a URL that carries userinfo is refused, else None.
+
+    httpx turns ``user:password@`` into an ``Authorization: Basic`` header, so such a URL
+    would send its credentials to whatever host it names, or a redirect hop names. The
+    reason never repeats the credentials.
+    """
+    return f"refusing {_redact(url)}: {CREDENTIALS_RULE}" if url.userinfo else None
+
+
 def literal_refusal(url: str, *, allow_loopback: bool, allow_private: bool) -> str | None:
-    """Why a URL is refused when its host is an IP literal (decidable before any lookup),
-    else None. Names are judged at connect time, after resolution."""
+    """Why a URL is refused before any lookup, else None: it carries credentials, or its host
+    is an IP literal the policy refuses. Names are judged at connect time, after resolution.
+
+    The submit-time check of every URL the service fetches or calls, so a refusal is a 422
+    before anything is queued; the Fetcher applies the same rules to every hop again.
+    """
     try:
-        host = httpx.URL(url).host
-        ip = ipaddress.ip_address(host)
+        parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    refused = credentials_refusal(parsed)
+    if refused is not None:
+        return refused
+    try:
+        ip = ipaddress.ip_address(parsed.host)
+    except ValueError:
         return None
     reason = _refusal(ip, allow_loopback=allow_loopback, allow_private=allow_private)
     return None if reason is None else f"refusing {ip}: {_with_article(reason)}"
