@@ -12,14 +12,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from asyncml.fetch import FetchBudget, Fetcher
+    from asyncml.fetch import Fetcher
     from asyncml.settings import Settings
     from asyncml.store import TaskStore
 
@@ -75,27 +75,18 @@ class TaskContext:
     scratch_root: Path | None = None  # where scratch folders go; None: the system's temp dir
     _fetcher: Fetcher | None = field(default=None, repr=False)
     _scratch: Path | None = field(default=None, init=False, repr=False)
-    _fetch_budget: FetchBudget | None = field(default=None, init=False, repr=False)
 
     @property
     def fetcher(self) -> Fetcher:
-        """The guarded fetcher; all of this task's requests share one download deadline.
-
-        The budget is not copied with the context, so each task's copy starts its own.
-        """
         if self._fetcher is None:
             from asyncml.fetch import Fetcher
 
             self._fetcher = Fetcher.from_settings(self.settings)
-        if self._fetch_budget is None:
-            from asyncml.fetch import FetchBudget
-
-            self._fetch_budget = FetchBudget(self._fetcher.total_timeout_s)
-        return replace(self._fetcher, budget=self._fetch_budget)
+        return self._fetcher
 
     def scratch_dir(self) -> Path:
         """A folder of the running task's own, made on first use, for files too big to hold
-        in memory (a download). The runtime removes it when the task ends, however it ends;
+        in memory (a download). ``TaskKind.run`` removes it when the task ends, however it ends;
         a folder left by a killed process is removed when the next worker process starts."""
         if self._scratch is None:
             root = self.scratch_root or Path(tempfile.gettempdir())
@@ -105,7 +96,7 @@ class TaskContext:
         return self._scratch
 
     def remove_scratch(self) -> None:
-        """Delete the task's scratch folder, if it made one (the runtime calls it)."""
+        """Delete the task's scratch folder, if it made one (``TaskKind.run`` calls it)."""
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

@@ -97,6 +97,14 @@ def test_a_task_that_wrote_scratch_files_leaves_nothing_after_it_fails(
     assert scratch_folders(temp_root) == []
 
 
+def test_a_kind_run_outside_a_worker_leaves_nothing_either(tmp_path: Path) -> None:
+    ctx = TaskContext(Settings(_env_file=None, data_dir=tmp_path), scratch_root=tmp_path)
+    with pytest.raises(RuntimeError, match="failed after writing"):
+        writes_scratch.run({"fail": True}, ctx)
+    writes_scratch.run({"fail": False}, ctx)
+    assert scratch_folders(tmp_path) == []
+
+
 def test_each_task_gets_a_folder_of_its_own(runtime: WorkerRuntime, store: SqliteTaskStore) -> None:
     run(runtime, store, "t1", fail=False)
     run(runtime, store, "t2", fail=False)

@@ -258,8 +258,6 @@ class WorkerRuntime:
         except Exception as exc:
             log.exception("%s task %s crashed", kind.name, task_id)
             error = ErrorBody(type="internal_error", message=f"{type(exc).__name__}: {exc}")
-        finally:
-            ctx.remove_scratch()
         metrics.TASK_RUN.labels(kind.name).observe(time.perf_counter() - began)
         status = self._finish(kind, task_id, result=result, error=error)
         metrics.TASKS_FINISHED.labels(kind.name, status.value).inc()
