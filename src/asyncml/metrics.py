@@ -57,6 +57,11 @@ MODEL_BATCH_SIZE = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
+MODEL_PREDICTIONS = Counter(
+    "asyncml_model_predictions",
+    "Prediction tasks answered, by model and the version that answered (the canary split).",
+    ["model", "version"],
+)
 TASKS_DEAD_LETTERED = Counter(
     "asyncml_tasks_dead_lettered_total",
     "Tasks whose worker died on every attempt, ended as worker_lost and copied to the "

@@ -26,13 +26,14 @@ def test_model_kind_is_listed_with_its_generated_input_schema(client: TestClient
     kinds = {k["name"]: k for k in client.get("/v1/kinds").json()}
     iris = kinds["model.iris"]
     assert iris["queue"] == "models"
-    assert set(iris["input_schema"]["properties"]) == {*FLOWER, "instances"}
+    assert set(iris["input_schema"]["properties"]) == {*FLOWER, "instances", "version", "inference"}
     assert set(iris["output_schema"]["properties"]) == {
         "model",
         "version",
         "predictions",
         "probabilities",
         "batch_size",
+        "inference",
     }
 
 

@@ -9,6 +9,7 @@ instead of them; the validator says which form was meant and what is missing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -16,6 +17,19 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from asyncml.models.manifest import Feature, Manifest
 
 _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+
+
+class InferenceOptions(BaseModel):
+    """Set by the Open Inference Protocol route (/v2): the result then also holds the
+    protocol's response, so a task answered later (``Prefer: respond-async``) reads as one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, max_length=200, description="Echoed as the id.")
+    outputs: list[str] | None = Field(
+        default=None, max_length=8, description="Outputs to return; unset: all."
+    )
 
 
 def _value_type(feature: Feature) -> Any:
@@ -43,8 +57,9 @@ def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
 
 
-def input_model(manifest: Manifest) -> type[BaseModel]:
-    """One row as named fields, or ``instances`` of up to ``max_rows`` rows."""
+def input_model(manifest: Manifest, knows: Callable[[str], bool] | None = None) -> type[BaseModel]:
+    """One row as named fields, or ``instances`` of up to ``max_rows`` rows; ``version``
+    picks a version, checked with ``knows`` so an unknown one is refused before queueing."""
     prefix = f"Model{_camel(manifest.name)}"
     row_fields: dict[str, Any] = {
         f.name: (_value_type(f), Field(description=_describe(f))) for f in manifest.features
@@ -53,6 +68,9 @@ def input_model(manifest: Manifest) -> type[BaseModel]:
     names = [f.name for f in manifest.features]
 
     def one_form(self: BaseModel) -> BaseModel:
+        version = getattr(self, "version")  # noqa: B009  # a generated field
+        if version is not None and knows is not None and not knows(version):
+            raise ValueError(f"version: model {manifest.name} has no version {version!r}")
         given = [n for n in names if getattr(self, n) is not None]
         if getattr(self, "instances") is not None:  # noqa: B009  # a generated field
             if given:
@@ -80,6 +98,18 @@ def input_model(manifest: Manifest) -> type[BaseModel]:
             description=f"Up to {manifest.max_rows} rows, each with every feature; "
             "instead of one row given as fields.",
         ),
+    )
+    fields["version"] = (
+        Annotated[str, Field(pattern=VERSION, max_length=64)] | None,
+        Field(
+            default=None,
+            description="The version to ask (a numbered folder); unset: the default, or the "
+            "split of the model's [traffic]. The result's version says which answered.",
+        ),
+    )
+    fields["inference"] = (
+        InferenceOptions | None,
+        Field(default=None, description="Set by /v2 routes (Open Inference Protocol)."),
     )
     model: type[BaseModel] = create_model(
         f"{prefix}Input",

@@ -18,8 +18,10 @@ from asyncml.errors import TaskTimeout
 from asyncml.kinds import Limits, TaskContext, TaskKind
 from asyncml.models.batcher import Batcher
 from asyncml.models.errors import ModelError, ModelUnavailable
-from asyncml.models.inputs import input_model, rows
+from asyncml.models.inputs import InferenceOptions, input_model, rows
 from asyncml.models.loaders import CACHE, ModelSpec, Predictor
+from asyncml.models.oip import inference_response
+from asyncml.models.versions import LiveModel
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +40,57 @@ class PredictionOut(BaseModel):
         "order); null when the model gives none.",
     )
     batch_size: int = Field(description="Rows predicted in the call that produced this.")
+    inference: dict[str, Any] | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # /v1 results stay as they were
+        description="Tasks submitted through /v2: the Open Inference Protocol response.",
+    )
 
 
 class Predict:
-    """The kind's function: rows in, predictions out, with the model of this process."""
+    """The kind's function: rows in, predictions out, with the model of this process, in
+    the version asked for or drawn (by the task's id, so a redelivery keeps its version)."""
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
+    def __init__(self, live: LiveModel) -> None:
+        self.live = live
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The default version's spec as this process last read it."""
+        spec = self.live.current().default_spec
+        if spec is None:
+            raise ModelUnavailable(f"model {self.live.name} has no version that can be served")
+        return spec
 
     def __call__(self, inp: BaseModel, ctx: TaskContext) -> PredictionOut:
-        model = load(self.spec)
-        table = rows(self.spec.manifest, inp)
-        manifest = self.spec.manifest
+        from asyncml.metrics import MODEL_BATCH_SIZE, MODEL_PREDICTIONS  # see cli/serve.py
+
+        spec = self.live.resolve(getattr(inp, "version", None), key=ctx.task_id or None)
+        model = load(spec)
+        manifest = spec.manifest
+        table = rows(manifest, inp)
         if _batching.enabled and manifest.batch.max_batch_size > 1:
             try:
-                out, size = batcher_for(self.spec, model).predict(
-                    table, timeout_s=manifest.timeout_s
-                )
+                out, size = batcher_for(spec, model).predict(table, timeout_s=manifest.timeout_s)
             except FuturesTimeout:
                 raise TaskTimeout(
                     f"{manifest.kind_name}: no prediction within {manifest.timeout_s:g} s"
                 ) from None
         else:
-            from asyncml.metrics import MODEL_BATCH_SIZE  # not at import: see cli/serve.py
-
             out, size = model.predict(table), len(table)
             MODEL_BATCH_SIZE.labels(manifest.name).observe(size)
-        return PredictionOut(
+        MODEL_PREDICTIONS.labels(manifest.name, manifest.version).inc()
+        result = PredictionOut(
             model=manifest.name,
             version=manifest.version,
             predictions=out.predictions,
             probabilities=out.probabilities,
             batch_size=size,
         )
+        options: InferenceOptions | None = getattr(inp, "inference", None)
+        if options is not None:
+            result.inference = inference_response(result, model.output_types(), options)
+        return result
 
 
 class _Batching:
@@ -135,21 +155,29 @@ def _description(spec: ModelSpec) -> str:
     )
 
 
-def model_kind(spec: ModelSpec) -> TaskKind[BaseModel, PredictionOut]:
-    """Declare ``model.<name>``: input generated from the manifest, the shared output."""
+def model_kind(live: LiveModel) -> TaskKind[BaseModel, PredictionOut]:
+    """Declare ``model.<name>``: input generated from the default version's manifest when
+    the process started (every version takes those features), the shared output."""
+    func = Predict(live)
+    spec = func.spec
     return TaskKind(
         name=spec.manifest.kind_name,
         queue=spec.manifest.queue,
-        input_model=input_model(spec.manifest),
+        input_model=input_model(spec.manifest, knows=live.knows),
         output_model=PredictionOut,
-        func=Predict(spec),
+        func=func,
         limits=Limits(timeout_s=spec.manifest.timeout_s),
         description=_description(spec),
     )
 
 
+def live_models(kinds: Iterable[TaskKind[Any, Any]]) -> dict[str, LiveModel]:
+    """The models behind the model kinds among ``kinds``, by model name."""
+    return {k.func.live.name: k.func.live for k in kinds if isinstance(k.func, Predict)}
+
+
 def served_specs(kinds: Iterable[TaskKind[Any, Any]]) -> list[ModelSpec]:
-    """The model specs behind the model kinds among ``kinds``."""
+    """The default versions' specs behind the model kinds among ``kinds``."""
     return [k.func.spec for k in kinds if isinstance(k.func, Predict)]
 
 
@@ -159,10 +187,11 @@ def preload(kinds: Iterable[TaskKind[Any, Any]], queues: Iterable[str]) -> None:
     wanted = set(queues)
     for kind in kinds:
         if isinstance(kind.func, Predict) and kind.queue in wanted:
-            try:
-                load(kind.func.spec)
-            except ModelUnavailable:
-                pass  # logged by load()
+            for spec in kind.func.live.current().versions.values():
+                try:
+                    load(spec)
+                except ModelUnavailable:
+                    pass  # logged by load()
 
 
 def preload_in_worker_processes(kinds: Iterable[TaskKind[Any, Any]], queues: Iterable[str]) -> None:

@@ -60,14 +60,41 @@ class ModelSpec:
         return (str(self.artifact.resolve()), self.manifest.version)
 
 
+# The Open Inference Protocol's datatype of each onnxruntime tensor type.
+_ONNX_V2 = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int16)": "INT16",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+_NUMPY_V2 = {"f": "FP64", "i": "INT64", "u": "INT64", "b": "BOOL", "U": "BYTES", "O": "BYTES"}
+
+
 @dataclass(frozen=True)
 class Prediction:
     predictions: list[Any]
     probabilities: list[list[float]] | None
 
 
+@dataclass(frozen=True)
+class OutputTypes:
+    """The Open Inference Protocol datatypes of a model's two outputs (None: no
+    probabilities), read from the loaded model so metadata and answers agree."""
+
+    predictions: str = "BYTES"
+    probabilities: str | None = None
+
+
 class Predictor(Protocol):
     def predict(self, rows: Sequence[Sequence[Any]]) -> Prediction: ...
+
+    def output_types(self) -> OutputTypes: ...
 
 
 def _listed(values: Any) -> list[Any]:
@@ -154,6 +181,14 @@ class OnnxModel:
             )
         return predictions, probabilities
 
+    def output_types(self) -> OutputTypes:
+        types = {o.name: o.type for o in self.session.get_outputs()}
+        predictions, probabilities = self._outputs
+        return OutputTypes(
+            predictions=_ONNX_V2.get(types[predictions], "BYTES"),
+            probabilities=None if probabilities is None else _ONNX_V2.get(types[probabilities]),
+        )
+
     def predict(self, rows: Sequence[Sequence[Any]]) -> Prediction:
         feeds: dict[str, npt.NDArray[Any]] = {}
         for name, dtype, columns in self._inputs:
@@ -192,6 +227,15 @@ class SklearnModel:
                 raise ModelInvalid(
                     f"{spec.artifact}: {type(estimator).__name__} has no method {self.proba_method}"
                 )
+
+    def output_types(self) -> OutputTypes:
+        """A classifier's predictions have its classes' type; anything else gives floats."""
+        classes = getattr(self.estimator, "classes_", None)
+        kind = np.asarray(classes).dtype.kind if classes is not None else "f"
+        return OutputTypes(
+            predictions=_NUMPY_V2.get(kind, "BYTES"),
+            probabilities=None if self.proba_method is None else "FP64",
+        )
 
     def predict(self, rows: Sequence[Sequence[Any]]) -> Prediction:
         table = np.array(rows, dtype=np.float64 if self.numeric else np.object_)
@@ -236,12 +280,46 @@ def _load_pickle(spec: ModelSpec) -> Any:
         raise ModelInvalid(f"{spec.artifact}: cannot unpickle it: {exc}") from exc
 
 
+class PyfuncModel:
+    """An MLflow python_function model, run by MLflow (trusted folders only): it gets a
+    DataFrame with the features as columns, as its signature says."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from asyncml.models.mlflow import refuse_untrusted_pyfunc
+
+        if not spec.trust_pickle:
+            raise refuse_untrusted_pyfunc(spec.folder)
+        try:
+            import mlflow.pyfunc
+        except ImportError as exc:
+            raise ModelInvalid(
+                f"{spec.folder}: a python_function model is run by MLflow, which is not "
+                "installed here (pip install mlflow-skinny)"
+            ) from exc
+        try:
+            self.model = mlflow.pyfunc.load_model(str(spec.folder))  # trusted by settings
+        except Exception as exc:
+            raise ModelInvalid(f"{spec.folder}: MLflow cannot load it: {exc}") from exc
+        self.columns = [f.name for f in spec.manifest.features]
+
+    def output_types(self) -> OutputTypes:
+        return OutputTypes(predictions="FP64")  # the answer says BYTES if they are strings
+
+    def predict(self, rows: Sequence[Sequence[Any]]) -> Prediction:
+        import pandas as pd
+
+        out = self.model.predict(pd.DataFrame([list(r) for r in rows], columns=self.columns))
+        return Prediction(predictions=_listed(out), probabilities=None)
+
+
 def load_model(spec: ModelSpec) -> Predictor:
     """Load the artifact the manifest names; ModelInvalid or ModelRefused if it cannot be."""
     if not spec.artifact.is_file():
         raise ModelInvalid(f"{spec.artifact}: the artifact file is missing")
     if spec.manifest.format == "onnx":
         return OnnxModel(spec)
+    if spec.manifest.format == "pyfunc":
+        return PyfuncModel(spec)
     estimator = _load_skops(spec) if spec.manifest.format == "skops" else _load_pickle(spec)
     return SklearnModel(spec, estimator)
 

@@ -8,8 +8,9 @@ error deep inside a worker.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -19,13 +20,20 @@ from asyncml.models.errors import ModelInvalid
 MANIFEST = "model.toml"
 DEFAULT_QUEUE = "models"
 DEFAULT_MAX_ROWS = 100
-# Names a feature may not take: the input's own field and the v1 route's options.
-RESERVED = frozenset({"instances", "callback_url", "callback_events"})
+# Names a feature may not take: the input's own fields and the v1 route's options.
+RESERVED = frozenset({"instances", "version", "inference", "callback_url", "callback_events"})
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib"})
-_DEFAULT_ARTIFACT = {"onnx": "model.onnx", "skops": "model.skops", "pickle": "model.pkl"}
+_DEFAULT_ARTIFACT = {
+    "onnx": "model.onnx",
+    "skops": "model.skops",
+    "pickle": "model.pkl",
+    "pyfunc": "MLmodel",
+}
 
+M = TypeVar("M", bound=BaseModel)
 FeatureType = Literal["float", "int", "bool", "string"]
-Format = Literal["onnx", "skops", "pickle"]
+# pyfunc: an MLflow python_function model, run by MLflow itself (its own code: trusted only)
+Format = Literal["onnx", "skops", "pickle", "pyfunc"]
 
 
 class _Strict(BaseModel):
@@ -123,16 +131,67 @@ class Manifest(_Strict):
         return all(f.type != "string" for f in self.features)
 
 
-def read_manifest(folder: Path) -> Manifest:
-    """Parse ``folder/model.toml``; every problem is a ModelInvalid naming the file."""
-    path = folder / MANIFEST
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML at ``path``; every problem is a ModelInvalid naming the file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelInvalid(f"{path}: no {MANIFEST} in the folder") from None
+        raise ModelInvalid(f"{path}: no {path.name} in the folder") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ModelInvalid(f"{path}: not readable TOML: {exc}") from exc
+
+
+def checked(model: type[M], data: Mapping[str, Any], path: Path) -> M:
+    """``data`` parsed as ``model``; a mismatch is a ModelInvalid naming the file."""
     try:
-        return Manifest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ModelInvalid(f"{path}: {describe_errors(exc.errors())}") from exc
+
+
+def read_manifest(folder: Path, *, version: str | None = None) -> Manifest:
+    """Parse ``folder/model.toml``. In a numbered version folder (``version`` given) the
+    folder's number is the version: the manifest may leave it out, and may not contradict
+    it (a result names the version that answered, and that is the folder clients ask for)."""
+    path = folder / MANIFEST
+    data = read_toml(path)
+    if version is not None:
+        stated = data.setdefault("version", version)
+        if str(stated) != version:
+            raise ModelInvalid(
+                f"{path}: version = {stated!r} but the folder is version {version}; "
+                "leave version out of a numbered folder's manifest"
+            )
+        data["version"] = version
+    return checked(Manifest, data, path)
+
+
+class ModelLevel(_Strict):
+    """``model.toml`` beside numbered version folders: which version answers a request
+    that names none. ``traffic`` splits those requests by weight (a canary); without it,
+    ``default_version`` (else the highest) takes them all."""
+
+    default_version: str | None = Field(default=None, pattern=r"^[0-9]+$")
+    traffic: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelLevel:
+        for version, weight in self.traffic.items():
+            if not version.isdigit():
+                raise ValueError(f"traffic: {version!r} is not a version number")
+            if weight < 0:
+                raise ValueError(f"traffic: version {version} has a negative weight")
+        if self.traffic and sum(self.traffic.values()) <= 0:
+            raise ValueError("traffic: the weights add up to 0")
+        return self
+
+
+def read_model_level(folder: Path) -> ModelLevel:
+    """The model-level ``model.toml`` of a versioned folder; none: every default."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return ModelLevel()
+    data = read_toml(path)
+    if "default_version" in data:
+        data["default_version"] = str(data["default_version"])
+    return checked(ModelLevel, data, path)
