@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -130,6 +131,7 @@ class LiveModel:
         self._applied = self._look()
         self._pending: tuple[Any, ...] | None = None
         self._checked = clock()
+        self._forced = -math.inf
         self._retired: dict[str, ModelSpec] = {}
 
     def _look(self) -> tuple[Any, ...]:
@@ -186,11 +188,19 @@ class LiveModel:
         self._pending = None
 
     def knows(self, version: str) -> bool:
-        """Served now, or removed but still loaded here (its queued tasks finish on it)."""
+        """Served now, or removed but still loaded here (its queued tasks finish on it).
+
+        A version this process has not seen yet makes it read the folder at once (at most
+        once per ``WATCH_S``): the API may have seen a new version before this worker did."""
         if version in self.current().versions:
             return True
         retired = self._retired.get(version)
-        return retired is not None and retired in CACHE
+        if retired is not None and retired in CACHE:
+            return True
+        if self._watch_s > 0 and self._clock() - self._forced >= self._watch_s:
+            self._forced = self._clock()
+            return version in self.reload().versions
+        return False
 
     def resolve(self, version: str | None, key: str | None = None) -> ModelSpec:
         """The spec that answers: the version asked for, else the default or the split."""
