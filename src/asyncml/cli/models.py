@@ -78,9 +78,13 @@ def _feature_text(feature: Any) -> str:
     return f"{feature.name}: {feature.type}{bounds}"
 
 
+def _split_text(split: dict[str, float]) -> str:
+    return ", ".join(f"{v}: {share:.0%}" for v, share in split.items())
+
+
 @models_app.command("list")
 def list_models(as_json: JsonOpt = False) -> None:
-    """The models that load: name, version, format, queue, features."""
+    """The models that load: name, versions (default *), traffic split, format, features."""
     from asyncml.models import discover
 
     found = discover(load_settings())
@@ -88,24 +92,38 @@ def list_models(as_json: JsonOpt = False) -> None:
         emit(
             [
                 {
-                    "name": s.manifest.name,
+                    "name": m.name,
                     "kind": s.manifest.kind_name,
                     "version": s.manifest.version,
+                    "versions": list(m.versions),
+                    "default_version": m.default,
+                    "traffic": m.split(),
+                    "layout": m.layout,
                     "format": s.manifest.format,
                     "queue": s.manifest.queue,
                     "features": [f.model_dump(exclude_none=True) for f in s.manifest.features],
-                    "folder": str(s.folder),
+                    "folder": str(m.folder),
                 }
-                for s in found.specs
+                for m in found.models
+                if (s := m.default_spec) is not None
             ],
             True,
         )
         return
-    table = Table("name", "version", "format", "queue", "features")
-    for spec in found.specs:
+    table = Table("name", "versions", "traffic", "format", "queue", "features")
+    for model in found.models:
+        spec = model.default_spec
+        if spec is None:
+            continue
         m = spec.manifest
+        versions = ", ".join(f"{v}*" if v == model.default else v for v in model.versions)
         table.add_row(
-            m.name, m.version, m.format, m.queue, ", ".join(map(_feature_text, m.features))
+            m.name,
+            versions,
+            _split_text(model.split()),
+            m.format,
+            m.queue,
+            ", ".join(map(_feature_text, m.features)),
         )
     console.print(table)
     if found.problems:
@@ -113,6 +131,30 @@ def list_models(as_json: JsonOpt = False) -> None:
             f"{len(found.problems)} folder(s) skipped; `asyncml models check` says why",
             highlight=False,
         )
+
+
+@models_app.command("reload")
+def reload() -> None:
+    """Make every running API and worker read the model folders now (added or removed
+    versions, a new split), without waiting for the folder to settle."""
+    from asyncml.models import RELOAD_STAMP, discover
+
+    settings = load_settings()
+    folder = settings.models_path()
+    if not folder.is_dir():
+        err_console.print(f"{folder} is not a folder", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    (folder / RELOAD_STAMP).touch()
+    found = discover(settings)
+    for model in found.models:
+        console.print(
+            f"{model.name}: versions {', '.join(model.versions)}, default {model.default}, "
+            f"traffic {_split_text(model.split())}",
+            highlight=False,
+        )
+    for problem in found.problems:
+        console.print(f"[red]FAIL[/red]  {problem.folder}: {problem.message}", highlight=False)
+    console.print("running processes read the folders within a second", highlight=False)
 
 
 @models_app.command("example")
