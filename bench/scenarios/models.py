@@ -3,10 +3,15 @@
 `model.iris` (bundled, microseconds a row) and `model.heavy` (heavy_model.py, calibrated to
 >= 20 ms a row) on RabbitMQ + Redis, one `asyncml worker --queues models` process, 64
 clients; each compared with in-process onnxruntime ceilings measured in the same run.
+
+Issue #17: with batching on, the Open Inference Protocol path (`POST /v2/models/{name}/infer`,
+JSON tensors, answered within the request) runs next to `/v1` with `Prefer: wait=10`, the
+same closed loop of clients; the goal is V2 within 10 % of /v1's tasks/s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 import time
@@ -14,6 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+from loadgen import LoadResult, Sample
 from stack import BrokerStack, started
 
 from .context import Context
@@ -196,6 +203,30 @@ def _batching_runs(
                 if not run["succeeded"] and run["errors"].get("unfinished"):
                     stalled = True
                     break
+        if batching == "on" and not stalled:
+            for kind in ("model.iris", "model.heavy"):
+                v2 = measure(
+                    stack,
+                    lambda kind=kind: asyncio.run(  # type: ignore[misc]  # bound per kind
+                        _v2_closed_loop(stack.base_url, kind, inputs[kind], bounds.seconds)
+                    ),
+                    name=f"{kind} batching on, {MODEL_CLIENTS} clients, V2 infer (JSON)",
+                    engine=stack.engine,
+                    kind=kind,
+                    batching=batching,
+                    protocol="v2",
+                )
+                v1 = by.get((kind, "on", "wait"))
+                if v1 is not None and v1["tasks_per_s"] and v2["tasks_per_s"]:
+                    target(
+                        v2,
+                        "V2 infer tasks/s / /v1 Prefer: wait tasks/s >= 0.9",
+                        round(v2["tasks_per_s"] / v1["tasks_per_s"], 3),
+                        0.9,
+                        at_most=False,
+                    )
+                by[(kind, batching, "v2")] = v2
+                runs.append(ctx.with_ratios(v2))
         if batching == "on" and not stalled and ("model.iris", "on", "wait") in by:
             # Issue #10: the synchronous path's p50 at 25 % of the tiny model's peak.
             peak = max(by[("model.iris", "on", m)]["tasks_per_s"] or 0.0 for m in ("poll", "wait"))
@@ -258,3 +289,52 @@ def _targets(ctx: Context, by: dict[tuple[str, str, str], dict[str, Any]]) -> No
             2,
             at_most=False,
         )
+
+
+def _v2_body(row: dict[str, Any]) -> dict[str, Any]:
+    """One row as the protocol's JSON tensors, one per feature."""
+    return {
+        "inputs": [
+            {"name": name, "shape": [1], "datatype": "FP64", "data": [value]}
+            for name, value in row.items()
+        ]
+    }
+
+
+async def _v2_closed_loop(
+    base_url: str, kind: str, make_input: MakeInput, seconds: float
+) -> LoadResult:
+    """`MODEL_CLIENTS` clients, each posting an infer and waiting for its answer, then the
+    next, for `seconds`: the closed loop of /v1 `Prefer: wait`, on /v2."""
+    name = kind.removeprefix("model.")
+    result = LoadResult()
+    result.started = time.perf_counter()
+    stop_at = result.started + seconds
+    counter = iter(range(10**9))
+    limits = httpx.Limits(max_connections=MODEL_CLIENTS, max_keepalive_connections=MODEL_CLIENTS)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop_at:
+            body = _v2_body(make_input(next(counter)))
+            sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+            result.requests += 1
+            try:
+                response = await client.post(f"/v2/models/{name}/infer", json=body)
+            except httpx.HTTPError as exc:
+                result.errors[type(exc).__name__] += 1
+                continue
+            sample.submit_end = sample.seen = time.perf_counter()
+            result.samples.append(sample)
+            if response.status_code == 200:
+                sample.status = "SUCCESS"
+                batch = response.json().get("parameters", {}).get("batch_size")
+                sample.batch_size = batch if isinstance(batch, int) else None
+            else:
+                sample.status = "FAILURE"
+                result.errors[f"http_{response.status_code}"] += 1
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=40, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(MODEL_CLIENTS)))
+    result.ended = time.perf_counter()
+    result.stopped_by = "deadline"
+    return result
