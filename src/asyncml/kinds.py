@@ -12,14 +12,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from asyncml.fetch import Fetcher
+    from asyncml.fetch import FetchBudget, Fetcher
     from asyncml.settings import Settings
     from asyncml.store import TaskStore
 
@@ -60,6 +60,16 @@ class Classic:
 SCRATCH_PREFIX = "asyncml-scratch-"
 
 
+class Reporter(Protocol):
+    """Where a running task's progress, logs and partial output go (engine/progress.py)."""
+
+    def progress(self, done: float, total: float | None, message: str | None) -> None: ...
+
+    def log(self, message: str, level: str) -> None: ...
+
+    def output(self, partial: Any) -> None: ...
+
+
 @dataclass
 class TaskContext:
     """What a running task may use.
@@ -73,16 +83,43 @@ class TaskContext:
     store: TaskStore | None = None  # the task store: cache and shared schedules
     task_id: str = ""
     scratch_root: Path | None = None  # where scratch folders go; None: the system's temp dir
+    reporter: Reporter | None = field(default=None, repr=False)  # the task's events
     _fetcher: Fetcher | None = field(default=None, repr=False)
     _scratch: Path | None = field(default=None, init=False, repr=False)
+    _fetch_budget: FetchBudget | None = field(default=None, init=False, repr=False)
 
     @property
     def fetcher(self) -> Fetcher:
+        """The guarded fetcher; all of this task's requests share one download deadline.
+
+        The budget is not copied with the context, so each task's copy starts its own.
+        """
         if self._fetcher is None:
             from asyncml.fetch import Fetcher
 
             self._fetcher = Fetcher.from_settings(self.settings)
-        return self._fetcher
+        if self._fetch_budget is None:
+            from asyncml.fetch import FetchBudget
+
+            self._fetch_budget = FetchBudget(self._fetcher.total_timeout_s)
+        return replace(self._fetcher, budget=self._fetch_budget)
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report how far the task is (``done`` of ``total``); watchers see the latest
+        step within a fraction of a second. Cheap: buffered, never waits on a client."""
+        if self.reporter is not None:
+            self.reporter.progress(done, total, message)
+
+    def log(self, message: str, level: str = "info") -> None:
+        """A line for the task's watchers (its ``log`` events); secrets are scrubbed.
+        Standard ``logging`` records at INFO and above reach them too."""
+        if self.reporter is not None:
+            self.reporter.log(message, level)
+
+    def output(self, partial: Any) -> None:
+        """A partial result (JSON data) for the task's watchers, before the final one."""
+        if self.reporter is not None:
+            self.reporter.output(partial)
 
     def scratch_dir(self) -> Path:
         """A folder of the running task's own, made on first use, for files too big to hold

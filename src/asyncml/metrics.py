@@ -102,6 +102,28 @@ class QueueDepth(Collector):
         yield family
 
 
+class ApiWaiters(Collector):
+    """What the scraped API process holds for clients that wait: event streams open, and
+    tasks its requests wait on (long-polls and streams). In-process counts, read at
+    scrape time: each API process reports its own."""
+
+    def __init__(self, streams: Callable[[], int], watched: Callable[[], int]) -> None:
+        self._streams = streams
+        self._watched = watched
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "asyncml_event_streams_open",
+            "Task event streams (GET /v1/tasks/{id}/events) open in this API process.",
+            value=self._streams(),
+        )
+        yield GaugeMetricFamily(
+            "asyncml_tasks_watched",
+            "Tasks that requests of this API process are waiting on (long-polls, streams).",
+            value=self._watched(),
+        )
+
+
 class StoreDurable(Collector):
     """The task store's persistence as read at scrape time (by the caller, which may await):
     ``durable`` True 1, False 0, None (the server would not say) -1; no sample when it was

@@ -32,7 +32,11 @@ class ErrorBody(BaseModel):
     attempts: int | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
-Event = Literal["started", "completed"]
+# What a task announces, in its event stream and (those a callback names) as webhooks.
+EventType = Literal["queued", "started", "progress", "log", "output", "completed"]
+# The events a callback may ask for: every event but ``queued`` (an API-side view).
+Event = Literal["started", "progress", "log", "output", "completed"]
+INTERMEDIATE_EVENTS: frozenset[str] = frozenset({"progress", "log", "output"})
 
 
 class Callback(BaseModel):
@@ -63,12 +67,72 @@ class TaskRecord(BaseModel):
     finished_at: datetime | None = None
     callback: Callback | None = None
     deliveries: dict[str, Delivery] = Field(default_factory=dict)
+    # While QUEUED, where it stands: tasks of its queue that start before it (0: next),
+    # and the seconds until it finishes, estimated from measured run times (None until
+    # enough is measured). Filled in by the API on reads; never stored.
+    position: int | None = Field(default=None, exclude_if=lambda value: value is None)
+    eta_s: float | None = Field(default=None, exclude_if=lambda value: value is None)
     # Who submitted it: the id of the API key ("" without keys). Never in API answers.
     owner: str = Field(default="", exclude=True)
+    # The queue its kind runs on (kept for its queue position). Never in API answers.
+    queue: str = Field(default="", exclude=True)
 
     @property
     def final(self) -> bool:
         return self.status.final
+
+
+class TaskEvent(BaseModel):
+    """One thing a task announced. ``id`` is given by the store: increasing within a task,
+    opaque (a Redis stream id, a SQLite row number), and what ``Last-Event-ID`` resumes
+    after. ``data`` by type: queued {position, ahead, eta_s}; started {worker, attempt};
+    progress {done, total, message}; log {level, message}; output {partial};
+    completed {task} (the final record)."""
+
+    id: str = ""
+    task_id: str
+    type: EventType
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON an event stream or a webhook carries."""
+        return {
+            "task_id": self.task_id,
+            "id": self.id,
+            "type": self.type,
+            "at": self.at.isoformat(),
+            **self.data,
+        }
+
+
+class QueueStanding(BaseModel):
+    """What the store knows of a queued task's place: enough to say its position and ETA."""
+
+    position: int  # QUEUED tasks of its queue submitted before it
+    running: int  # tasks of its queue STARTED now
+    consumers: int  # worker slots consuming its queue (from heartbeats); 0 if unknown
+    run_times_s: list[float] = Field(default_factory=list)  # recent run times of its kind
+
+    def eta_s(self) -> float | None:
+        """Median run time x work ahead / consumers, plus its own run; None until at least
+        three runs are measured or no worker is known."""
+        if len(self.run_times_s) < 3 or self.consumers <= 0:
+            return None
+        ordered = sorted(self.run_times_s)
+        median = ordered[len(ordered) // 2]
+        return round(median * (self.position + self.running) / self.consumers + median, 3)
+
+
+class WorkerInfo(BaseModel):
+    """A worker's heartbeat, as kept in the store."""
+
+    name: str
+    queues: list[str]
+    concurrency: int
+    pool: str = ""
+    pid: int = 0
+    seen_at: datetime
 
 
 def utcnow() -> datetime:

@@ -343,13 +343,6 @@ class Settings(BaseSettings):
     def embedded_store(self) -> bool:
         return self.result_backend_url is None
 
-    def broker_url_value(self) -> str:
-        if self.broker_url is None:
-            from asyncml.engine.embedded import broker_url
-
-            return broker_url(self.data_dir)
-        return self.broker_url.get_secret_value()
-
     def models_path(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 

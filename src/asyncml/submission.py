@@ -212,6 +212,7 @@ class Submitter:
             submitted_at=utcnow(),
             callback=callback,
             owner=owner,
+            queue=kind.queue,
         )
         # Keys are per owner: one key's Idempotency-Key never finds another's task.
         key = None if idempotency_key is None else f"{owner}:{idempotency_key}"

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from asyncml.errors import AsyncmlError, FetchBlocked, FetchError
-from asyncml.records import Event
+from asyncml.records import INTERMEDIATE_EVENTS, Event, TaskEvent
 from asyncml.store import Delivery, TaskRecord, TaskStore, utcnow
 
 if TYPE_CHECKING:
@@ -125,6 +125,11 @@ def notice(record: TaskRecord, event: Event) -> dict[str, Any]:
     }
 
 
+def event_notice(event: TaskEvent) -> dict[str, Any]:
+    """The body of an intermediate notice (progress, log, output): the event as streamed."""
+    return {"event": event.type, "id": event.task_id, "event_id": event.id, **event.wire()}
+
+
 def retry_delay(settings: Settings, attempt: int) -> float:
     """Seconds before attempt ``attempt + 1``: doubling from the base, capped, 10 % jitter."""
     base: float = min(
@@ -138,6 +143,24 @@ def _without_path(message: str, url: str) -> str:
     from asyncml.fetch import _redact, origin
 
     return message.replace(_redact(url), origin(url)).replace(url, origin(url))
+
+
+def _post_intermediate(
+    settings: Settings, fetcher: Fetcher, url: str, task_id: str, event: str, body: dict[str, Any]
+) -> None:
+    """One attempt, logged if it fails: the next event (or ``completed``) says more."""
+    if settings.webhook_secret is None:
+        return
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    msg_id = f"msg_{task_id}_{event}_{body.get('event_id') or body.get('at', '')}"
+    headers = signed_headers(settings.webhook_secret.get_secret_value(), msg_id, raw)
+    try:
+        status = fetcher.post(url, raw, headers)
+    except FetchError as exc:
+        log.info("%s webhook of task %s not delivered: %s", event, task_id, exc.message)
+        return
+    if not 200 <= status < 300:
+        log.info("%s webhook of task %s answered HTTP %d", event, task_id, status)
 
 
 def deliver_once(
@@ -157,6 +180,9 @@ def deliver_once(
     """
     record = store.get(task_id)
     if record is None or record.callback is None:
+        return None
+    if event in INTERMEDIATE_EVENTS:
+        _post_intermediate(settings, fetcher, record.callback.url, task_id, event, body)
         return None
     stored = record.deliveries.get(event)
     if stored is not None and (stored.state != "pending" or stored.attempts > attempt):

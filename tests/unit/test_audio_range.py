@@ -146,4 +146,5 @@ def test_benchmark_kinds_are_served_only_when_enabled(tmp_path: Path) -> None:
         "euro.results",
         "debug.echo",
         "debug.audio_decode",
+        "debug.steps",
     }

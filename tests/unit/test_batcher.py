@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from asyncml.models import Batcher, Prediction
+from asyncml.models.loaders import OutputTypes
 
 
 class Doubler:
@@ -21,6 +22,9 @@ class Doubler:
         self.calls: list[int] = []
         self.delay_s = delay_s
         self._lock = threading.Lock()
+
+    def output_types(self) -> OutputTypes:
+        return OutputTypes(predictions="FP64", probabilities="FP64")
 
     def predict(self, rows: Sequence[Sequence[Any]]) -> Prediction:
         with self._lock:

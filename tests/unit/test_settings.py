@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from asyncml.engine.config import broker_url
 from asyncml.settings import Settings, redact_url
 
 
 def test_defaults_select_the_embedded_engine() -> None:
     settings = Settings(_env_file=None)
     assert settings.embedded_broker and settings.embedded_store
-    assert settings.broker_url_value().startswith("asyncml-sqlite+sqlite:///")
+    assert broker_url(settings).startswith("asyncml-sqlite+sqlite:///")
     assert settings.result_ttl_s == 48 * 3600
     assert settings.fetch_max_bytes == 200_000_000
     assert settings.fetch_allow_loopback is False
@@ -22,7 +23,7 @@ def test_environment_variables_use_the_asyncml_prefix(monkeypatch: pytest.Monkey
     monkeypatch.setenv("ASYNCML_BROKER_URL", "amqp://u:p@rabbit:5672//")
     settings = Settings(_env_file=None)
     assert settings.api_port == 9123
-    assert settings.broker_url_value() == "amqp://u:p@rabbit:5672//"
+    assert broker_url(settings) == "amqp://u:p@rabbit:5672//"
 
 
 def test_empty_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +56,7 @@ def test_redact_url_hides_the_password_only() -> None:
 def test_data_dir_is_where_the_embedded_files_live(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path)
     assert settings.store_path() == tmp_path / "tasks.sqlite3"
-    assert str(tmp_path / "broker.sqlite3") in settings.broker_url_value()
+    assert str(tmp_path / "broker.sqlite3") in broker_url(settings)
 
 
 def _variable_names() -> list[str]:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from asyncml._version import __version__
-from asyncml.api import classic, health, v1, v2
+from asyncml.api import classic, events, health, v1, v2
 from asyncml.api.body_limit import BodyLimit
 from asyncml.api.deps import Services
 from asyncml.api.errors import install_error_handlers
@@ -65,6 +65,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
     app.include_router(v1.build_router(registry, settings))
+    app.include_router(events.build_router())
     app.include_router(classic.build_router(registry))
     app.include_router(v2.build_router(registry))
     return app

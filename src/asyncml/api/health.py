@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from asyncml import metrics
 from asyncml.api.deps import Services, ServicesDep
+from asyncml.api.events import open_streams
 from asyncml.errors import ServiceUnavailable, Unauthorized
 from asyncml.store import StoreDurability, refuses_readiness
 
@@ -74,5 +75,6 @@ async def prometheus_metrics(services: ServicesDep, request: Request) -> Respons
     durable = metrics.StoreDurable(
         None if durability is None else durability.durable, read=durability is not None
     )
-    body = await anyio.to_thread.run_sync(metrics.exposition, [depth, durable])
+    waiters = metrics.ApiWaiters(open_streams, services.store.watchers)
+    body = await anyio.to_thread.run_sync(metrics.exposition, [depth, durable, waiters])
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -50,7 +50,8 @@ class CallbackFields(BaseModel):
     )
     callback_events: list[Event] = Field(
         default_factory=lambda: list[Event](["completed"]),
-        description="Which events to notify: completed (default), started.",
+        description="Which events to notify: completed (default), started, and progress, "
+        "log, output (at most one of these a task per 500 ms, the latest; one attempt each).",
         min_length=1,
     )
 

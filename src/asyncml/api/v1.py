@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, sta
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from asyncml.api.deps import CallerDep, ServicesDep, authenticate
+from asyncml.api.events import with_standing
 from asyncml.api.schema import (
     CALLBACK_FIELDS,
     ERROR_RESPONSES,
@@ -261,7 +262,10 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
             Query(ge=0, le=MAX_WAIT_S, description="Long-poll: seconds to wait for a final state"),
         ] = 0,
     ) -> TaskRecord:
-        return await owned_task(services.store, task_id, caller, wait_s=wait)
+        record = await owned_task(services.store, task_id, caller, wait_s=wait)
+        if record.status is TaskStatus.QUEUED:
+            record = with_standing(record, await services.store.standing(record))
+        return record
 
     @router.delete(
         "/tasks/{task_id}",

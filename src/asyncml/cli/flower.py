@@ -119,8 +119,7 @@ def flower(
         raise typer.Exit(EXIT_USAGE) from exc
     configure_logging(settings, "flower")
     console.print(
-        f"asyncml flower: http://{address}:{port}, broker "
-        f"{redact_url(broker_url(settings))}",
+        f"asyncml flower: http://{address}:{port}, broker {redact_url(broker_url(settings))}",
         highlight=False,
     )
     celery = make_celery(settings, build_registry(settings))

@@ -6,6 +6,8 @@ callback (the events it asked for). When they are sent:
 
 - ``started``: when a worker starts the task's first attempt; one that cannot be queued
   is only logged.
+- ``progress``, ``log``, ``output``: as the task reports them, at most one per 500 ms per
+  task (the latest wins), one attempt each, not recorded on the task.
 - ``completed``: once the task is final. A worker that cannot queue it gives the task's
   message back to the broker: the redelivery finds the task final and queues the notice
   (``announce_if_owed``), so it is late rather than lost. A cancel queues it from the
@@ -31,9 +33,9 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from asyncml.engine.config import DELIVER_TASK, WEBHOOK_QUEUE
 from asyncml.engine.publish import send_bounded
 from asyncml.errors import ServiceUnavailable
-from asyncml.records import Callback, Delivery, Event, TaskRecord, utcnow
+from asyncml.records import Callback, Delivery, Event, TaskEvent, TaskRecord, utcnow
 from asyncml.settings import Settings
-from asyncml.webhooks import deliver_once, notice
+from asyncml.webhooks import deliver_once, event_notice, notice
 
 if TYPE_CHECKING:
     from asyncml.engine.runtime import WorkerRuntime
@@ -100,6 +102,11 @@ class TaskNotices:
         sent = record.deliveries.get("completed")
         if sent is None or (sent.state == "pending" and sent.attempts == 0):
             self.announce(store, task_id, "completed", requeue_on_failure=True)
+
+    def announce_event(self, task_id: str, event: TaskEvent) -> None:
+        """An intermediate event (progress, log, output) a callback asked for: one delivery
+        attempt, throttled by the caller (engine/progress.py), not recorded on the task."""
+        self._send(task_id, event.type, event_notice(event), 1, 0.0)  # type: ignore[arg-type]  # an intermediate type
 
     def announce_cancelled(self, record: TaskRecord) -> None:
         """From the API, after a cancel: raises ServiceUnavailable if the broker is away

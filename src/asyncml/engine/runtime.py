@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from tenacity import (
 )
 
 from asyncml import metrics
+from asyncml.engine.progress import EventFlusher
 from asyncml.errors import (
     AsyncmlError,
     InputInvalid,
@@ -62,6 +65,9 @@ class WorkerRuntime:
         self._webhook_fetcher: Fetcher | None = None
         # The outlet for what a task announces (None: announce nothing, e.g. in tests).
         self.notices = notices
+        self.events = EventFlusher(
+            lambda: self.store, None if notices is None else notices.announce_event
+        )
 
     @property
     def store(self) -> TaskStore:
@@ -71,6 +77,11 @@ class WorkerRuntime:
             self._ctx = TaskContext(self.settings, store=self._store)
             self._pid = os.getpid()
         return self._store
+
+    @property
+    def worker_name(self) -> str:
+        """Who runs a task, as its ``started`` event says: host and process."""
+        return f"{socket.gethostname()}/{os.getpid()}"
 
     @property
     def context(self) -> TaskContext:
@@ -119,6 +130,7 @@ class WorkerRuntime:
         *,
         result: dict[str, Any] | None = None,
         error: ErrorBody | None = None,
+        run_s: float | None = None,
     ) -> TaskStatus:
         """Store the outcome, retrying within the grace period; else give the message back.
 
@@ -128,7 +140,15 @@ class WorkerRuntime:
         status = TaskStatus.SUCCESS if error is None else TaskStatus.FAILURE
         retrying = self._retrying(within_s=0.8 * kind.limits.grace_s)
         try:
-            retrying(self.store.finish, task_id, status, utcnow(), result=result, error=error)
+            retrying(
+                self.store.finish,
+                task_id,
+                status,
+                utcnow(),
+                result=result,
+                error=error,
+                run_s=run_s,
+            )
         except (ServiceUnavailable, SoftTimeLimitExceeded) as exc:
             raise Reject(f"cannot store the outcome: {exc!r}", requeue=True) from exc
         return status
@@ -221,7 +241,7 @@ class WorkerRuntime:
     ) -> None:
         try:
             attempt = self._retrying(within_s=kind.limits.timeout_s / 2)(
-                self.store.start, task_id, utcnow()
+                functools.partial(self.store.start, task_id, utcnow(), worker=self.worker_name)
             )
         except ServiceUnavailable as exc:
             raise Reject(str(exc), requeue=True) from exc
@@ -241,11 +261,13 @@ class WorkerRuntime:
             if notices is None or "started" in notices:
                 self._announce(task_id, "started")
         began = time.perf_counter()
-        ctx = dataclasses.replace(self.context, task_id=task_id)  # the task's own id, scratch
         result: dict[str, Any] | None = None
         error: ErrorBody | None = None
         try:
-            result = kind.run(payload, ctx)
+            with self.events.reporting(task_id, notices or ()) as reporter:
+                # The task's own copy: its id, scratch folder and events.
+                ctx = dataclasses.replace(self.context, task_id=task_id, reporter=reporter)
+                result = kind.run(payload, ctx)
         except SoftTimeLimitExceeded:
             error = ErrorBody(
                 type=TaskTimeout.type,
@@ -258,8 +280,9 @@ class WorkerRuntime:
         except Exception as exc:
             log.exception("%s task %s crashed", kind.name, task_id)
             error = ErrorBody(type="internal_error", message=f"{type(exc).__name__}: {exc}")
-        metrics.TASK_RUN.labels(kind.name).observe(time.perf_counter() - began)
-        status = self._finish(kind, task_id, result=result, error=error)
+        run_s = time.perf_counter() - began
+        metrics.TASK_RUN.labels(kind.name).observe(run_s)
+        status = self._finish(kind, task_id, result=result, error=error, run_s=run_s)
         metrics.TASKS_FINISHED.labels(kind.name, status.value).inc()
         if notices is None or "completed" in notices:
             self._announce(task_id, "completed")

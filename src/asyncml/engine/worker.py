@@ -28,10 +28,12 @@ from celery.signals import setup_logging
 
 from asyncml.engine import make_celery
 from asyncml.engine.config import all_queues, broker_url
+from asyncml.engine.heartbeat import Heartbeat
 from asyncml.errors import InputInvalid
 from asyncml.logging import format_line
 from asyncml.registry import Registry
 from asyncml.settings import Settings, redact_url
+from asyncml.store import check_durability_at_start
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,13 @@ def run_worker(
                 "kinds": sorted(k.name for k in registry if k.queue in plan.queues),
             },
         )
-    celery.worker_main(argv)
+    check_durability_at_start(settings, log)
+    heartbeat = Heartbeat(settings, plan.queues, plan.concurrency, plan.pool)
+    heartbeat.start()
+    try:
+        celery.worker_main(argv)
+    finally:
+        heartbeat.stop()
 
 
 def build_worker_app(settings: Settings, registry: Registry, plan: WorkerPlan) -> Celery:

@@ -5,6 +5,10 @@ cancel racing a worker's start has exactly one winner on every backend::
 
     QUEUED ──start──> STARTED ──finish──> SUCCESS | FAILURE
        └─────cancel──> CANCELLED
+
+Each move also appends the task's event (``started`` per attempt, ``completed`` at the
+end) and keeps the queue's index of QUEUED and STARTED tasks, in the same atomic step: a
+task's events cost no store round trip of their own unless the task reports progress.
 """
 
 from __future__ import annotations
@@ -13,9 +17,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
+from asyncml.records import (
+    ApiKey,
+    Delivery,
+    ErrorBody,
+    QueueStanding,
+    TaskEvent,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+    utcnow,
+)
 from asyncml.store.dead_letters import DeadLetter
 from asyncml.store.durability import StoreDurability
+
+EVENTS_KEPT = 1000  # per task; older events are dropped
+HEARTBEAT_S = 5.0  # how often a worker says it is alive
+
+
+def heartbeat_fresh(worker: WorkerInfo) -> bool:
+    """Seen within three heartbeats: alive, as far as anyone can tell."""
+    return (utcnow() - worker.seen_at).total_seconds() <= 3 * HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -36,7 +59,7 @@ class TaskStore(Protocol):
 
     def delete(self, task_id: str) -> None: ...
 
-    def start(self, task_id: str, at: datetime) -> int:
+    def start(self, task_id: str, at: datetime, *, worker: str = "") -> int:
         """QUEUED or STARTED (a redelivery) -> STARTED; returns this attempt's number.
 
         0 means: do not run it (cancelled, final or unknown).
@@ -51,7 +74,21 @@ class TaskStore(Protocol):
         *,
         result: Any = None,
         error: ErrorBody | None = None,
-    ) -> bool: ...
+        run_s: float | None = None,
+    ) -> bool:
+        """``run_s``: how long the task ran, kept per kind for queue ETAs."""
+        ...
+
+    def add_events(self, task_id: str, events: list[TaskEvent]) -> bool:
+        """Append events (ids given by the store) while the task is not final; the last
+        ``EVENTS_KEPT`` of a task are kept. False if it is final or gone."""
+        ...
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        """Say that a worker is alive, with what it consumes (every ``HEARTBEAT_S``)."""
+        ...
+
+    def worker_gone(self, name: str) -> None: ...
 
     def cancel(self, task_id: str, at: datetime) -> Cancelled:
         """QUEUED -> CANCELLED."""
@@ -148,6 +185,31 @@ class AsyncTaskStore(Protocol):
 
     async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
         """Return once the task is final or ``timeout_s`` passed, whichever is first."""
+        ...
+
+    async def events_after(
+        self, task_id: str, after: str | None, limit: int = EVENTS_KEPT
+    ) -> list[TaskEvent]:
+        """The task's stored events after the one of id ``after`` (all if None), oldest
+        first; an id this store never gave out reads from the start."""
+        ...
+
+    async def wait_events(
+        self, task_id: str, after: str | None, timeout_s: float
+    ) -> list[TaskEvent]:
+        """As ``events_after``, but wait up to ``timeout_s`` for one if there is none."""
+        ...
+
+    async def standing(self, record: TaskRecord) -> QueueStanding | None:
+        """Where a QUEUED task stands in its queue; None if it is not queued."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is fresh."""
+        ...
+
+    def watchers(self) -> int:
+        """Requests of this process waiting on a task (long-polls, event streams)."""
         ...
 
     async def claim_key(

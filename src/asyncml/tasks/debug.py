@@ -1,6 +1,7 @@
-"""Kinds for benchmarks: ``debug.echo``, the cheapest task there is (what the platform itself
-costs), and ``debug.audio_decode``, the naive audio length (download the whole file, decode
-every sample with librosa) that ``audio.length`` is measured against.
+"""Kinds for benchmarks and tests: ``debug.echo``, the cheapest task there is (what the
+platform itself costs), ``debug.audio_decode``, the naive audio length (download the whole
+file, decode every sample with librosa) that ``audio.length`` is measured against, and
+``debug.steps``, a task that reports its progress, logs and partial output step by step.
 
 Off unless ``ASYNCML_DEBUG_KINDS=true``: a production deployment has no use for it, and
 every kind it serves is one more route to secure.
@@ -8,12 +9,16 @@ every kind it serves is one more route to secure.
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from typing import Any
 
 from pydantic import BaseModel, Field, HttpUrl
 
 from asyncml.kinds import Limits, TaskContext, TaskKind, task_kind
+
+log = logging.getLogger(__name__)
 
 
 class EchoIn(BaseModel):
@@ -50,4 +55,25 @@ def audio_decode(inp: DecodeIn, ctx: TaskContext) -> DecodeOut:
     return DecodeOut(audio_length=signal.shape[-1] / rate)
 
 
-DEBUG_KINDS: list[TaskKind[Any, Any]] = [echo, audio_decode]
+class StepsIn(BaseModel):
+    steps: int = Field(ge=1, le=1000, description="How many steps to report.")
+    step_s: float = Field(0.0, ge=0, le=5, description="Seconds each step takes.")
+
+
+class StepsOut(BaseModel):
+    steps: int
+
+
+@task_kind("debug.steps", queue="debug", limits=Limits(timeout_s=600))
+def steps(inp: StepsIn, ctx: TaskContext) -> StepsOut:
+    """Report ``steps`` steps of ``step_s`` each: progress, a log line through ``logging``
+    and a partial output per step (the events a watcher and a benchmark see)."""
+    for done in range(1, inp.steps + 1):
+        time.sleep(inp.step_s)  # the step's work
+        ctx.progress(done, inp.steps, f"step {done}")
+        log.info("finished step %d of %d", done, inp.steps)
+        ctx.output({"step": done})
+    return StepsOut(steps=inp.steps)
+
+
+DEBUG_KINDS: list[TaskKind[Any, Any]] = [echo, audio_decode, steps]

@@ -7,6 +7,7 @@ finish that lands between the read and the wait is never missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime
@@ -15,13 +16,30 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from asyncml.records import ApiKey, TaskPage, TaskRecord, TaskStatus
-from asyncml.store.base import Cancelled
+from asyncml.records import (
+    ApiKey,
+    QueueStanding,
+    TaskEvent,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+)
+from asyncml.store.base import Cancelled, heartbeat_fresh
 from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
 from asyncml.store.redis import codec, persistence, scripts
 from asyncml.store.redis.connection import async_retry, client_options, translated
-from asyncml.store.redis.scripts import CHANNEL_PREFIX, IDEMPOTENCY_PREFIX, KEY_PREFIX
+from asyncml.store.redis.scripts import (
+    CHANNEL_PREFIX,
+    EVENT_CHANNEL_PREFIX,
+    IDEMPOTENCY_PREFIX,
+    KEY_PREFIX,
+    QUEUED_PREFIX,
+    RUNNING_PREFIX,
+    RUNS_PREFIX,
+    WORKERS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +51,7 @@ class AsyncRedisTaskStore:
         self.ttl_s = ttl_s
         self._r = aioredis.Redis.from_url(url, **client_options(), retry=async_retry())
         self._notices = FinishNotices()
+        self._event_notices = FinishNotices()
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self._cancel = self._r.register_script(scripts.CANCEL)
@@ -154,7 +173,7 @@ class AsyncRedisTaskStore:
         while not self._closing:
             try:
                 async with self._r.pubsub() as pubsub:
-                    await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                    await pubsub.psubscribe(CHANNEL_PREFIX + "*", EVENT_CHANNEL_PREFIX + "*")
                     while not self._closing:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=1.0
@@ -162,12 +181,75 @@ class AsyncRedisTaskStore:
                         if message is None or message.get("type") != "pmessage":
                             continue
                         channel = codec.decode(message["channel"])
-                        self._notices.wake([channel.removeprefix(CHANNEL_PREFIX)])
+                        if channel.startswith(EVENT_CHANNEL_PREFIX):
+                            self._event_notices.wake([channel[len(EVENT_CHANNEL_PREFIX) :]])
+                        else:
+                            self._notices.wake([channel.removeprefix(CHANNEL_PREFIX)])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone: waiters fall back to their 1 s re-read
                 log.warning("finish notices unavailable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)  # a reconnect back-off, not a wait for an event
+
+    async def events_after(
+        self, task_id: str, after: str | None, limit: int = scripts.EVENTS_KEPT
+    ) -> list[TaskEvent]:
+        start = "-" if not after else f"({after}"
+        with translated():
+            try:
+                entries = await self._r.xrange(codec.events_key(task_id), start, "+", count=limit)
+            except ResponseError:  # an id this stream never gave out: read from the start
+                entries = await self._r.xrange(codec.events_key(task_id), "-", "+", count=limit)
+        return codec.parse_events(task_id, entries)
+
+    async def wait_events(
+        self, task_id: str, after: str | None, timeout_s: float
+    ) -> list[TaskEvent]:
+        """Events after ``after``, waiting up to ``timeout_s`` for the first. Registered
+        before the read, so an event that lands in between wakes the wait."""
+        self._ensure_listener()
+        with self._event_notices.registered(task_id) as notice:
+            found = await self.events_after(task_id, after)
+            if found or timeout_s <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(notice), min(timeout_s, 1.0))
+            return await self.events_after(task_id, after)
+
+    def watchers(self) -> int:
+        """Requests waiting on a task's finish or events in this process (for tests)."""
+        return len(self._notices.awaited()) + len(self._event_notices.awaited())
+
+    async def standing(self, record: TaskRecord) -> QueueStanding | None:
+        """Where a QUEUED task stands in its queue; None if it is not queued."""
+        if not record.queue:
+            return None
+        with translated():
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.zrank(QUEUED_PREFIX + record.queue, record.id)
+                pipe.zcard(RUNNING_PREFIX + record.queue)
+                pipe.lrange(RUNS_PREFIX + record.kind, 0, scripts.RUNS_KEPT - 1)
+                pipe.hvals(WORKERS)
+                rank, running, runs, workers = await pipe.execute()
+        if rank is None:
+            return None
+        consumers = sum(
+            info.concurrency
+            for info in (WorkerInfo.model_validate_json(codec.decode(raw)) for raw in workers)
+            if record.queue in info.queues and heartbeat_fresh(info)
+        )
+        return QueueStanding(
+            position=int(rank),
+            running=int(running),
+            consumers=consumers,
+            run_times_s=[float(codec.decode(r)) for r in runs],
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        with translated():
+            raws = await self._r.hvals(WORKERS)
+        found = [WorkerInfo.model_validate_json(codec.decode(raw)) for raw in raws]
+        return sorted((w for w in found if heartbeat_fresh(w)), key=lambda w: w.name)
 
     async def claim_key(
         self, key: str, fingerprint: str, task_id: str, ttl_s: int

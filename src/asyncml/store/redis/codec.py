@@ -11,11 +11,12 @@ from datetime import datetime
 from typing import Any
 
 from asyncml.errors import InputInvalid
-from asyncml.records import Callback, Delivery, ErrorBody, TaskRecord, TaskStatus
+from asyncml.records import Callback, Delivery, ErrorBody, TaskEvent, TaskRecord, TaskStatus
 from asyncml.store.dead_letters import DeadLetter
 from asyncml.store.redis.scripts import (
     CHANNEL_PREFIX,
     DEAD_LETTER_PREFIX,
+    EVENTS_PREFIX,
     OPEN_PREFIX,
     OWNER_PREFIX,
     PREFIX,
@@ -55,6 +56,8 @@ def _mapping(record: TaskRecord) -> Mapping[Any, Any]:
     if record.callback is not None:
         mapping["callback"] = record.callback.model_dump_json()
     mapping["owner"] = record.owner
+    if record.queue:
+        mapping["queue"] = record.queue
     return mapping
 
 
@@ -68,7 +71,12 @@ def create_call(record: TaskRecord, ttl_s: int, max_open: int) -> tuple[list[str
 
 
 def finish_args(
-    status: TaskStatus, at: datetime, result: Any, error: ErrorBody | None, ttl_s: int
+    status: TaskStatus,
+    at: datetime,
+    result: Any,
+    error: ErrorBody | None,
+    ttl_s: int,
+    run_s: float | None = None,
 ) -> list[Any]:
     """ARGV of the FINISH script; '' stands for "no value" (Lua sees no nil in ARGV)."""
     return [
@@ -77,7 +85,37 @@ def finish_args(
         "" if result is None else json.dumps(result),
         "" if error is None else error.model_dump_json(),
         ttl_s,
+        "" if run_s is None else repr(round(run_s, 6)),
     ]
+
+
+def events_key(task_id: str) -> str:
+    return EVENTS_PREFIX + task_id
+
+
+def event_args(events: list[TaskEvent], ttl_s: int) -> list[Any]:
+    """ARGV of ADD_EVENTS: the ttl, then (type, at, data) per event."""
+    args: list[Any] = [ttl_s]
+    for one in events:
+        args += [one.type, one.at.isoformat(), json.dumps(one.data, separators=(",", ":"))]
+    return args
+
+
+def parse_events(task_id: str, entries: Any) -> list[TaskEvent]:
+    """XRANGE's (id, fields) pairs as events; the stream id is the event's id."""
+    parsed = []
+    for entry_id, raw in entries:
+        fields = {decode(k): decode(v) for k, v in raw.items()}
+        parsed.append(
+            TaskEvent(
+                id=decode(entry_id),
+                task_id=task_id,
+                type=fields["type"],
+                at=datetime.fromisoformat(fields["at"]),
+                data=json.loads(fields.get("data") or "{}"),
+            )
+        )
+    return parsed
 
 
 def parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
@@ -99,6 +137,7 @@ def parse(raw: Mapping[Any, Any]) -> TaskRecord | None:
         finished_at=when("finished_at"),
         callback=Callback.model_validate_json(fields["callback"]) if "callback" in fields else None,
         owner=fields.get("owner", ""),
+        queue=fields.get("queue", ""),
         deliveries={
             name.removeprefix(DELIVERY_PREFIX): Delivery.model_validate_json(value)
             for name, value in fields.items()

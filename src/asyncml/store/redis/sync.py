@@ -9,13 +9,27 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from asyncml.records import ApiKey, Delivery, ErrorBody, TaskRecord, TaskStatus
+from asyncml.records import (
+    ApiKey,
+    Delivery,
+    ErrorBody,
+    TaskEvent,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+)
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.durability import StoreDurability
 from asyncml.store.redis import codec, persistence, scripts
 from asyncml.store.redis.connection import client_options, sync_retry, translated
-from asyncml.store.redis.scripts import CACHE_PREFIX, DEAD_LETTERS, KEY_NAMES, KEY_PREFIX
+from asyncml.store.redis.scripts import (
+    CACHE_PREFIX,
+    DEAD_LETTERS,
+    KEY_NAMES,
+    KEY_PREFIX,
+    WORKERS,
+)
 
 
 class RedisTaskStore:
@@ -29,6 +43,7 @@ class RedisTaskStore:
         self._set_delivery = self._r.register_script(scripts.SET_DELIVERY)
         self._create = self._r.register_script(scripts.CREATE)
         self._delete = self._r.register_script(scripts.DELETE)
+        self._add_events = self._r.register_script(scripts.ADD_EVENTS)
 
     def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
         keys, args = codec.create_call(record, self.ttl_s, max_open)
@@ -43,9 +58,10 @@ class RedisTaskStore:
         with translated():
             self._delete(keys=[codec.key(task_id)])
 
-    def start(self, task_id: str, at: datetime) -> int:
+    def start(self, task_id: str, at: datetime, *, worker: str = "") -> int:
+        args: list[str | int] = [at.isoformat(), worker, self.ttl_s, repr(at.timestamp())]
         with translated():
-            return int(self._start(keys=[codec.key(task_id)], args=[at.isoformat()]))
+            return int(self._start(keys=[codec.key(task_id)], args=args))
 
     def finish(
         self,
@@ -55,8 +71,9 @@ class RedisTaskStore:
         *,
         result: Any = None,
         error: ErrorBody | None = None,
+        run_s: float | None = None,
     ) -> bool:
-        args = codec.finish_args(status, at, result, error, self.ttl_s)
+        args = codec.finish_args(status, at, result, error, self.ttl_s, run_s)
         with translated():
             return bool(self._finish(keys=[codec.key(task_id), codec.channel(task_id)], args=args))
 
@@ -66,6 +83,24 @@ class RedisTaskStore:
                 keys=[codec.key(task_id), codec.channel(task_id)], args=[at.isoformat(), self.ttl_s]
             )
         return Cancelled(self.get(task_id), done=before == b"QUEUED")
+
+    def add_events(self, task_id: str, events: list[TaskEvent]) -> bool:
+        """Append to the task's stream while it is not final; False once it is (or gone)."""
+        if not events:
+            return True
+        with translated():
+            added = self._add_events(
+                keys=[codec.key(task_id)], args=codec.event_args(events, self.ttl_s)
+            )
+        return bool(added)
+
+    def heartbeat(self, worker: WorkerInfo) -> None:
+        with translated():
+            self._r.hset(WORKERS, worker.name, worker.model_dump_json())
+
+    def worker_gone(self, name: str) -> None:
+        with translated():
+            self._r.hdel(WORKERS, name)
 
     def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
         field = codec.DELIVERY_PREFIX + event

@@ -14,8 +14,16 @@ from datetime import datetime
 import anyio.to_thread
 
 from asyncml.errors import ServiceUnavailable
-from asyncml.records import ApiKey, TaskPage, TaskRecord, TaskStatus
-from asyncml.store.base import Cancelled
+from asyncml.records import (
+    ApiKey,
+    QueueStanding,
+    TaskEvent,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+)
+from asyncml.store.base import EVENTS_KEPT, Cancelled
 from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
 from asyncml.store.sqlite.sync import SqliteTaskStore
@@ -29,6 +37,8 @@ class AsyncSqliteTaskStore:
     def __init__(self, store: SqliteTaskStore) -> None:
         self._store = store
         self._notices = FinishNotices()
+        self._event_notices = FinishNotices()
+        self._event_seq = -1  # the newest event the watcher has seen (-1: not read yet)
         self._watcher: asyncio.Task[None] | None = None
 
     async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
@@ -72,21 +82,60 @@ class AsyncSqliteTaskStore:
             record = await self.get(task_id)
             if record is None or record.final or timeout_s <= 0:
                 return record
-            if self._watcher is None or self._watcher.done():
-                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            self._ensure_watcher()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(notice), deadline - time.monotonic())
             return await self.get(task_id)
 
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
     async def _watch(self) -> None:
-        while self._notices:
+        while self._notices or self._event_notices:
             try:
-                awaited = self._notices.awaited()
-                final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
+                if self._notices:
+                    awaited = self._notices.awaited()
+                    final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
+                    self._notices.wake(final)
+                if self._event_notices:
+                    if self._event_seq < 0:
+                        self._event_seq = await anyio.to_thread.run_sync(self._store.last_event_seq)
+                    self._event_seq, moved = await anyio.to_thread.run_sync(
+                        self._store.events_since, self._event_seq
+                    )
+                    self._event_notices.wake(moved)
             except ServiceUnavailable:
-                final = []  # a locked or missing file: the requests time out as usual
-            self._notices.wake(final)
-            await asyncio.sleep(self._WATCH_S)
+                pass  # a locked or missing file: the requests time out as usual
+            await asyncio.sleep(self._WATCH_S)  # the polling interval: SQLite cannot notify
+
+    async def events_after(
+        self, task_id: str, after: str | None, limit: int = EVENTS_KEPT
+    ) -> list[TaskEvent]:
+        return await anyio.to_thread.run_sync(self._store.events_after, task_id, after, limit)
+
+    async def wait_events(
+        self, task_id: str, after: str | None, timeout_s: float
+    ) -> list[TaskEvent]:
+        """Registered before the read, so an event that lands in between wakes the wait
+        (the watcher reads every event written after it first looked)."""
+        with self._event_notices.registered(task_id) as notice:
+            self._ensure_watcher()
+            found = await self.events_after(task_id, after)
+            if found or timeout_s <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(notice), min(timeout_s, 1.0))
+            return await self.events_after(task_id, after)
+
+    def watchers(self) -> int:
+        return len(self._notices.awaited()) + len(self._event_notices.awaited())
+
+    async def standing(self, record: TaskRecord) -> QueueStanding | None:
+        return await anyio.to_thread.run_sync(self._store.standing, record)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await anyio.to_thread.run_sync(self._store.workers)
 
     async def claim_key(
         self, key: str, fingerprint: str, task_id: str, ttl_s: int

@@ -41,21 +41,50 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     task_id TEXT PRIMARY KEY, entry TEXT NOT NULL, dead_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL, type TEXT NOT NULL, at TEXT NOT NULL, data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task ON events (task_id, seq);
+CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, entry TEXT NOT NULL);
 """
 ADDED_COLUMNS = {
     "attempts": "INTEGER NOT NULL DEFAULT 0",
     "callback": "TEXT",
     "deliveries": "TEXT",
     "owner": "TEXT NOT NULL DEFAULT ''",
+    "queue": "TEXT NOT NULL DEFAULT ''",
+    "worker": "TEXT NOT NULL DEFAULT ''",
 }
 # After the columns exist (a data folder of an earlier version gets them first).
 INDEXES = """
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner);
 CREATE INDEX IF NOT EXISTS tasks_owner_status ON tasks (owner, status);
+CREATE INDEX IF NOT EXISTS tasks_queue_status ON tasks (queue, status);
+CREATE INDEX IF NOT EXISTS tasks_kind_status ON tasks (kind, status);
+"""
+# A state change appends its event in the same statement (a trigger runs inside it), as
+# the Redis store's scripts do: started per attempt, completed once, and a deleted task's
+# events go with it.
+TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS task_started AFTER UPDATE OF attempts ON tasks
+WHEN NEW.status = 'STARTED' BEGIN
+  INSERT INTO events (task_id, type, at, data) VALUES (
+    NEW.id, 'started', strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'),
+    json_object('worker', NEW.worker, 'attempt', NEW.attempts));
+END;
+CREATE TRIGGER IF NOT EXISTS task_completed AFTER UPDATE OF status ON tasks
+WHEN NEW.status IN ('SUCCESS', 'FAILURE', 'CANCELLED')
+ AND OLD.status IN ('QUEUED', 'STARTED') BEGIN
+  INSERT INTO events (task_id, type, at, data) VALUES (NEW.id, 'completed', NEW.finished_at, '{}');
+END;
+CREATE TRIGGER IF NOT EXISTS task_deleted AFTER DELETE ON tasks BEGIN
+  DELETE FROM events WHERE task_id = OLD.id;
+END;
 """
 COLUMNS = (
     "id, kind, status, result, error, submitted_at, started_at, finished_at, callback, "
-    "deliveries, owner"
+    "deliveries, owner, queue"
 )
 
 
@@ -66,11 +95,13 @@ def rowid_from(cursor: str) -> int:
 
 
 def row_to_record(row: tuple[Any, ...]) -> TaskRecord:
-    id_, kind, status, result, error, submitted, started, finished, callback, deliveries, owner = (
-        row
-    )
+    (id_, kind, status, result, error, submitted, started, finished, callback, deliveries) = row[
+        :10
+    ]
+    owner, queue = row[10:]
     return TaskRecord(
         owner=owner,
+        queue=queue,
         callback=None if callback is None else Callback.model_validate_json(callback),
         deliveries={} if deliveries is None else json.loads(deliveries),
         id=id_,

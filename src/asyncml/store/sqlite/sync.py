@@ -20,11 +20,13 @@ from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, T
 from asyncml.store.base import Cancelled
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.durability import StoreDurability
+from asyncml.store.sqlite.events import EventsMixin
 from asyncml.store.sqlite.schema import (
     ADDED_COLUMNS,
     COLUMNS,
     INDEXES,
     SCHEMA,
+    TRIGGERS,
     row_to_record,
     rowid_from,
 )
@@ -33,7 +35,7 @@ _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
-class SqliteTaskStore:
+class SqliteTaskStore(EventsMixin):
     """One connection per thread and process: sqlite3 connections must not cross either."""
 
     def __init__(self, path: Path, *, ttl_s: int) -> None:
@@ -49,6 +51,7 @@ class SqliteTaskStore:
                 if name not in columns:
                     conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
             conn.executescript(INDEXES)
+            conn.executescript(TRIGGERS)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -75,8 +78,8 @@ class SqliteTaskStore:
         """One INSERT ... SELECT: the count of the owner's open tasks and the insert are
         one atomic step, so concurrent submissions cannot overshoot ``max_open``."""
         cur = self._execute(
-            "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner) "
-            "SELECT ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
+            "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner, queue) "
+            "SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
             "WHERE owner = ? AND status IN ('QUEUED', 'STARTED')) < ?",
             (
                 record.id,
@@ -85,6 +88,7 @@ class SqliteTaskStore:
                 record.submitted_at.isoformat(),
                 None if record.callback is None else record.callback.model_dump_json(),
                 record.owner,
+                record.queue,
                 max_open,
                 record.owner,
                 max_open,
@@ -150,12 +154,12 @@ class SqliteTaskStore:
     def delete(self, task_id: str) -> None:
         self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
-    def start(self, task_id: str, at: datetime) -> int:
+    def start(self, task_id: str, at: datetime, *, worker: str = "") -> int:
         row = self._execute(
             "UPDATE tasks SET status = 'STARTED', started_at = COALESCE(started_at, ?), "
-            "attempts = attempts + 1 WHERE id = ? AND status IN ('QUEUED', 'STARTED') "
-            "RETURNING attempts",
-            (at.isoformat(), task_id),
+            "worker = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND status IN ('QUEUED', 'STARTED') RETURNING attempts",
+            (at.isoformat(), worker, task_id),
         ).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -167,6 +171,7 @@ class SqliteTaskStore:
         *,
         result: Any = None,
         error: ErrorBody | None = None,
+        run_s: float | None = None,  # read back from started_at and finished_at
     ) -> bool:
         cur = self._execute(
             "UPDATE tasks SET status = ?, finished_at = ?, result = ?, error = ?, expires_at = ? "

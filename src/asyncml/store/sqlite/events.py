@@ -1,0 +1,125 @@
+"""The embedded store's task events, queue standing and worker heartbeats.
+
+Events live in one table (a global sequence is each event's id, increasing within a
+task); ``started`` and ``completed`` are written by triggers inside the state change
+(``schema.TRIGGERS``), progress and logs by ``add_events``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from typing import Any, Protocol
+
+from asyncml.records import QueueStanding, TaskEvent, TaskRecord, WorkerInfo
+from asyncml.store.base import EVENTS_KEPT, heartbeat_fresh
+
+RUNS_KEPT = 50
+
+
+class _Executes(Protocol):
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor: ...
+
+
+class EventsMixin:
+    """For ``SqliteTaskStore``: everything here is one or two statements on its connection."""
+
+    def add_events(self: _Executes, task_id: str, events: list[TaskEvent]) -> bool:
+        if not events:
+            return True
+        rows = [
+            (one.type, one.at.isoformat(), json.dumps(one.data, separators=(",", ":")), task_id)
+            for one in events
+        ]
+        added = 0
+        for row in rows:  # each only while the task is not final (a late flush is dropped)
+            added += self._execute(
+                "INSERT INTO events (task_id, type, at, data) SELECT id, ?, ?, ? FROM tasks "
+                "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
+                row,
+            ).rowcount
+        self._execute(
+            "DELETE FROM events WHERE task_id = ? AND seq <= (SELECT seq FROM events "
+            "WHERE task_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (task_id, task_id, EVENTS_KEPT),
+        )
+        return added == len(rows)
+
+    def events_after(
+        self: _Executes, task_id: str, after: str | None, limit: int = EVENTS_KEPT
+    ) -> list[TaskEvent]:
+        since = int(after) if after and after.isdigit() else 0
+        rows = self._execute(
+            "SELECT seq, type, at, data FROM events WHERE task_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (task_id, since, limit),
+        ).fetchall()
+        return [
+            TaskEvent(
+                id=str(seq),
+                task_id=task_id,
+                type=kind,
+                at=datetime.fromisoformat(at),
+                data=json.loads(data),
+            )
+            for seq, kind, at, data in rows
+        ]
+
+    def events_since(self: _Executes, seq: int) -> tuple[int, list[str]]:
+        """The newest event's sequence, and the tasks with events after ``seq``."""
+        rows = self._execute(
+            "SELECT task_id, MAX(seq) FROM events WHERE seq > ? GROUP BY task_id", (seq,)
+        ).fetchall()
+        newest = max((int(row[1]) for row in rows), default=seq)
+        return newest, [str(row[0]) for row in rows]
+
+    def last_event_seq(self: _Executes) -> int:
+        row = self._execute("SELECT MAX(seq) FROM events").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def standing(self: _Executes, record: TaskRecord) -> QueueStanding | None:
+        row = self._execute(
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE queue = t.queue AND status = 'QUEUED' "
+            "AND rowid < t.rowid), (SELECT COUNT(*) FROM tasks WHERE queue = t.queue "
+            "AND status = 'STARTED') FROM tasks AS t WHERE t.id = ? AND t.status = 'QUEUED' "
+            "AND t.queue != ''",
+            (record.id,),
+        ).fetchone()
+        if row is None:
+            return None
+        runs = self._execute(
+            "SELECT (julianday(finished_at) - julianday(started_at)) * 86400 FROM tasks "
+            "WHERE kind = ? AND status = 'SUCCESS' ORDER BY rowid DESC LIMIT ?",
+            (record.kind, RUNS_KEPT),
+        ).fetchall()
+        workers = [
+            WorkerInfo.model_validate_json(entry)
+            for (entry,) in self._execute("SELECT entry FROM workers").fetchall()
+        ]
+        consumers = sum(
+            w.concurrency for w in workers if record.queue in w.queues and heartbeat_fresh(w)
+        )
+        return QueueStanding(
+            position=int(row[0]),
+            running=int(row[1]),
+            consumers=consumers,
+            run_times_s=[float(r[0]) for r in runs if r[0] is not None],
+        )
+
+    def heartbeat(self: _Executes, worker: WorkerInfo) -> None:
+        self._execute(
+            "INSERT INTO workers (name, entry) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET entry = excluded.entry",
+            (worker.name, worker.model_dump_json()),
+        )
+
+    def worker_gone(self: _Executes, name: str) -> None:
+        self._execute("DELETE FROM workers WHERE name = ?", (name,))
+
+    def workers(self: _Executes) -> list[WorkerInfo]:
+        found = [
+            WorkerInfo.model_validate_json(entry)
+            for (entry,) in self._execute("SELECT entry FROM workers ORDER BY name").fetchall()
+        ]
+        return [w for w in found if heartbeat_fresh(w)]
