@@ -145,7 +145,9 @@ def test_wait_returns_when_another_process_finishes_the_task(
 
     async def scenario() -> TaskRecord | None:
         waiting = asyncio.create_task(async_store.wait(task_id, 20))
-        await asyncio.sleep(0.2)  # let the waiter subscribe first; the result must not hinge on it
+        async with asyncio.timeout(5):  # the waiter is registered: the finish comes after
+            while async_store.watchers() == 0:
+                await asyncio.sleep(0.001)
         await asyncio.to_thread(sync.finish, task_id, TaskStatus.SUCCESS, utcnow(), result={"x": 1})
         record = await asyncio.wait_for(waiting, 5)
         await asyncio.wait_for(async_store.close(), 5)  # a closed store stops its listener
