@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -177,3 +180,42 @@ def test_cancelled_task_sends_its_completed_notice(
     wait_final(api, blocker.json()["id"])
     (post,) = receiver.wait_for(hook, 1)
     assert json.loads(post.body)["status"] == "CANCELLED"
+
+
+def test_a_failed_delivery_is_listed_and_can_be_sent_again(
+    api: httpx.Client,
+    files: FixtureServer,
+    receiver: Receiver,
+    hook: str,
+    stack_env: tuple[dict[str, str], str, Path],
+) -> None:
+    receiver.script[f"/{hook}"] = [500] * 3  # every attempt of the first schedule fails
+    task_id = submit(api, files.url("tone-5s.wav"), receiver.url(hook))
+    wait_final(api, task_id)
+    assert delivery_settles(api, task_id)["state"] == "failed"
+    env, _, _ = stack_env
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "asyncml", "webhooks", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    listed = cli("failed", "--json")
+    assert listed.returncode == 0, listed.stderr
+    mine = [f for f in json.loads(listed.stdout) if f["task_id"] == task_id]
+    assert [(f["event"], f["attempts"], f["last_status"]) for f in mine] == [("completed", 3, 500)]
+    assert mine[0]["url"] == f"http://127.0.0.1:{receiver.port}"  # the origin, not the path
+    resent = cli("resend", task_id)
+    assert resent.returncode == 0, resent.stderr
+    delivery = delivery_settles(api, task_id)
+    assert (delivery["state"], delivery["attempts"]) == ("delivered", 1)
+    assert len(receiver.posts(hook)) == 4
+    again = cli("failed", "--json")
+    assert task_id not in {f["task_id"] for f in json.loads(again.stdout)}
+    refused = cli("resend", task_id)  # delivered: nothing to send again
+    assert refused.returncode != 0 and "is delivered, not failed" in refused.stderr

@@ -135,3 +135,13 @@ def test_retry_delays_double_up_to_the_cap(hooked: Settings) -> None:
     assert 54 <= delays[1] <= 66
     assert all(d <= 660 for d in delays)
     assert delays[-1] >= 540
+
+
+def test_a_delivery_given_up_on_is_listed_until_it_is_delivered(
+    store: SqliteTaskStore, task: str
+) -> None:
+    store.set_delivery(task, "completed", Delivery(state="failed", attempts=3, last_status=500))
+    (listed,) = store.failed_deliveries()
+    assert (listed.task.id, listed.event, listed.delivery.attempts) == (task, "completed", 3)
+    store.set_delivery(task, "completed", Delivery(state="delivered", attempts=1))
+    assert store.failed_deliveries() == []

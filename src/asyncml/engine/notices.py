@@ -32,7 +32,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from asyncml.engine.config import DELIVER_TASK, WEBHOOK_QUEUE
 from asyncml.engine.publish import send_bounded
-from asyncml.errors import ServiceUnavailable
+from asyncml.errors import ServiceUnavailable, TaskConflict, TaskNotFound
 from asyncml.records import Callback, Delivery, Event, TaskEvent, TaskRecord, utcnow
 from asyncml.settings import Settings
 from asyncml.webhooks import deliver_once, event_notice, notice
@@ -107,6 +107,21 @@ class TaskNotices:
         """An intermediate event (progress, log, output) a callback asked for: one delivery
         attempt, throttled by the caller (engine/progress.py), not recorded on the task."""
         self._send(task_id, event.type, event_notice(event), 1, 0.0)  # type: ignore[arg-type]  # an intermediate type
+
+    def resend(self, store: TaskStore, task_id: str, event: Event) -> None:
+        """An operator's second chance for a notice given up on: its delivery starts over
+        (pending, 0 attempts, the full retry schedule) with the record's current body.
+        Raises TaskNotFound if the task (or its callback) is gone, TaskConflict unless the
+        delivery failed."""
+        record = store.get(task_id)
+        if record is None or record.callback is None:
+            raise TaskNotFound(f"no task with id {task_id!r} and a callback")
+        sent = record.deliveries.get(event)
+        if sent is None or sent.state != "failed":
+            state = "never made" if sent is None else sent.state
+            raise TaskConflict(f"the {event} notice of task {task_id} is {state}, not failed")
+        store.set_delivery(task_id, event, Delivery(state="pending", updated_at=utcnow()))
+        self._send(task_id, event, notice(record, event), 1, 0.0)
 
     def announce_cancelled(self, record: TaskRecord) -> None:
         """From the API, after a cancel: raises ServiceUnavailable if the broker is away

@@ -31,6 +31,7 @@ from asyncml.records import (
 )
 from asyncml.store.dead_letters import DeadLetter
 from asyncml.store.durability import StoreDurability
+from asyncml.store.history import FinishedTask
 
 EVENTS_KEPT = 1000  # per task; older events are dropped
 HEARTBEAT_S = 5.0  # how often a worker says it is alive
@@ -39,6 +40,23 @@ HEARTBEAT_S = 5.0  # how often a worker says it is alive
 def heartbeat_fresh(worker: WorkerInfo) -> bool:
     """Seen within three heartbeats: alive, as far as anyone can tell."""
     return (utcnow() - worker.seen_at).total_seconds() <= 3 * HEARTBEAT_S
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A webhook notice that was given up on: its task, its event and how it fared."""
+
+    task: TaskRecord
+    event: str
+    delivery: Delivery
+
+    @property
+    def failed_at(self) -> datetime | None:
+        return self.delivery.updated_at
+
+
+def failed_delivery(record: TaskRecord, event: str, delivery: Delivery) -> FailedDelivery:
+    return FailedDelivery(task=record, event=event, delivery=delivery)
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,10 @@ class TaskStore(Protocol):
 
     def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
         """Record how the webhook notice of ``event`` fared (only the delivery task writes)."""
+        ...
+
+    def failed_deliveries(self, limit: int = 100) -> list[FailedDelivery]:
+        """Webhook notices given up on (failed), newest first, of tasks still kept."""
         ...
 
     def cache_get(self, key: str) -> str | None:
@@ -206,6 +228,32 @@ class AsyncTaskStore(Protocol):
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat is fresh."""
+        ...
+
+    # --- the dashboard's history (store/history.py): from the store, never memory ---
+
+    async def list_all(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        kind: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Every owner's tasks, newest first (an operator's view)."""
+        ...
+
+    async def finished_since(self, since: datetime) -> list[FinishedTask]:
+        """Tasks that became final since ``since``, oldest first."""
+        ...
+
+    async def queue_depths(self, queues: list[str]) -> dict[str, int]:
+        """QUEUED tasks per queue now."""
+        ...
+
+    async def task_input(self, task_id: str) -> str | None:
+        """The input a task was submitted with (JSON, maybe cut); None if not kept."""
         ...
 
     def watchers(self) -> int:

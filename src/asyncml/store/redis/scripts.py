@@ -6,6 +6,8 @@ fields (``asyncml:open:<owner>``): a script and the Python that calls it must ag
 
 from __future__ import annotations
 
+from asyncml.store.redis.history_lua import LUA as _HISTORY
+
 PREFIX = "asyncml:task:"
 CHANNEL_PREFIX = "asyncml:done:"
 CACHE_PREFIX = "asyncml:cache:"
@@ -29,6 +31,7 @@ RUNNING_PREFIX = "asyncml:running:"
 RUNS_PREFIX = "asyncml:runs:"
 RUNS_KEPT = 50
 WORKERS = "asyncml:workers"
+FAILED_DELIVERIES = "asyncml:webhooks:failed"
 
 # Shared by the state-change scripts: leave the queue's indexes, and append an event to
 # the task's stream (with its channel's notice). The key names are made from the record's
@@ -55,6 +58,7 @@ end
 # number, 0 for "do not run". Each attempt appends its ``started`` event.
 START = (
     _EVENTS
+    + _HISTORY
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'QUEUED' then
@@ -69,6 +73,7 @@ if s == 'QUEUED' then
 elseif s ~= 'STARTED' then
   return 0
 end
+history_on_start(KEYS[1], ARGV[4])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 event(KEYS[1], 'started', ARGV[1],
       cjson.encode({worker = ARGV[2], attempt = attempt}), ARGV[3])
@@ -85,7 +90,9 @@ end
 """
 # KEYS[1] record, KEYS[2] owner's index, KEYS[3] owner's open tasks; ARGV ttl, submitted
 # (epoch), id, max_open (0: no cap), then the record's field/value pairs. 0 if over the cap.
-CREATE = """
+CREATE = (
+    _HISTORY
+    + """
 local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - ttl)
 local cap = tonumber(ARGV[4])
@@ -102,8 +109,10 @@ redis.call('ZADD', KEYS[3], now, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 2 * ttl)
 redis.call('EXPIRE', KEYS[2], 2 * ttl)
 redis.call('EXPIRE', KEYS[3], 2 * ttl)
+history_on_create(KEYS[1], ARGV[3], now, ttl)
 return 1
 """
+)
 DELETE = (
     _CLOSE
     + _EVENTS
@@ -121,6 +130,7 @@ return redis.call('DEL', KEYS[1])
 FINISH = (
     _CLOSE
     + _EVENTS
+    + _HISTORY
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s ~= 'QUEUED' and s ~= 'STARTED' then return 0 end
@@ -133,6 +143,7 @@ if ARGV[6] ~= '' then
   redis.call('EXPIRE', runs, ARGV[5])
 end
 event(KEYS[1], 'completed', ARGV[2], '{}', ARGV[5])
+history_on_finish(KEYS[1], ARGV[1], ARGV[4], ARGV[6], ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
@@ -145,12 +156,14 @@ return 1
 CANCEL = (
     _CLOSE
     + _EVENTS
+    + _HISTORY
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'QUEUED' then
   close(KEYS[1])
   unqueue(KEYS[1])
   event(KEYS[1], 'completed', ARGV[1], '{}', ARGV[2])
+  history_on_finish(KEYS[1], 'CANCELLED', '', '', ARGV[2])
   redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('PUBLISH', KEYS[2], 'CANCELLED')
@@ -170,9 +183,18 @@ redis.call('SET', KEYS[1], string.format('%d', start + interval),
 return start - now
 """
 # Only on a record that still exists: an expired task must not come back as a bare hash.
+# KEYS[1] record, KEYS[2] the failed deliveries' index; ARGV field, delivery JSON, state,
+# index member ("<task id> <event>"), now (epoch), ttl. A delivery that ends failed is
+# indexed (``asyncml webhooks failed``); any other state takes it out.
 SET_DELIVERY = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  if ARGV[3] == 'failed' then
+    redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[5]) - tonumber(ARGV[6]))
+  else
+    redis.call('ZREM', KEYS[2], ARGV[4])
+  end
 end
 return 0
 """

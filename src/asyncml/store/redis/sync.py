@@ -18,7 +18,7 @@ from asyncml.records import (
     TaskStatus,
     WorkerInfo,
 )
-from asyncml.store.base import Cancelled
+from asyncml.store.base import Cancelled, FailedDelivery, failed_delivery
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.durability import StoreDurability
 from asyncml.store.redis import codec, persistence, scripts
@@ -26,6 +26,7 @@ from asyncml.store.redis.connection import client_options, sync_retry, translate
 from asyncml.store.redis.scripts import (
     CACHE_PREFIX,
     DEAD_LETTERS,
+    FAILED_DELIVERIES,
     KEY_NAMES,
     KEY_PREFIX,
     WORKERS,
@@ -104,8 +105,31 @@ class RedisTaskStore:
 
     def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
         field = codec.DELIVERY_PREFIX + event
+        args: list[str | int] = [
+            field,
+            delivery.model_dump_json(),
+            delivery.state,
+            f"{task_id} {event}",
+            repr(time.time()),
+            self.ttl_s,
+        ]
         with translated():
-            self._set_delivery(keys=[codec.key(task_id)], args=[field, delivery.model_dump_json()])
+            self._set_delivery(keys=[codec.key(task_id), FAILED_DELIVERIES], args=args)
+
+    def failed_deliveries(self, limit: int = 100) -> list[FailedDelivery]:
+        """Newest first; those whose task expired are dropped on the way."""
+        with translated():
+            members = self._r.zrevrange(FAILED_DELIVERIES, 0, limit - 1)
+            found: list[FailedDelivery] = []
+            for member in codec.names(members):
+                task_id, _, event = member.partition(" ")
+                record = codec.parse(self._r.hgetall(codec.key(task_id)))
+                delivery = None if record is None else record.deliveries.get(event)
+                if record is None or delivery is None or delivery.state != "failed":
+                    self._r.zrem(FAILED_DELIVERIES, member)
+                    continue
+                found.append(failed_delivery(record, event, delivery))
+        return found
 
     def cache_get(self, key: str) -> str | None:
         with translated():

@@ -17,10 +17,11 @@ from typing import Any
 
 from asyncml.errors import ServiceUnavailable
 from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, TaskStatus
-from asyncml.store.base import Cancelled
+from asyncml.store.base import Cancelled, FailedDelivery, failed_delivery
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.durability import StoreDurability
 from asyncml.store.sqlite.events import EventsMixin
+from asyncml.store.sqlite.history import HISTORY_INDEXES, HistoryMixin
 from asyncml.store.sqlite.schema import (
     ADDED_COLUMNS,
     COLUMNS,
@@ -35,7 +36,7 @@ _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
-class SqliteTaskStore(EventsMixin):
+class SqliteTaskStore(EventsMixin, HistoryMixin):
     """One connection per thread and process: sqlite3 connections must not cross either."""
 
     def __init__(self, path: Path, *, ttl_s: int) -> None:
@@ -51,6 +52,7 @@ class SqliteTaskStore(EventsMixin):
                 if name not in columns:
                     conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
             conn.executescript(INDEXES)
+            conn.executescript(HISTORY_INDEXES)
             conn.executescript(TRIGGERS)
 
     def _conn(self) -> sqlite3.Connection:
@@ -78,8 +80,8 @@ class SqliteTaskStore(EventsMixin):
         """One INSERT ... SELECT: the count of the owner's open tasks and the insert are
         one atomic step, so concurrent submissions cannot overshoot ``max_open``."""
         cur = self._execute(
-            "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner, queue) "
-            "SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
+            "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner, queue, input) "
+            "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
             "WHERE owner = ? AND status IN ('QUEUED', 'STARTED')) < ?",
             (
                 record.id,
@@ -89,6 +91,7 @@ class SqliteTaskStore(EventsMixin):
                 None if record.callback is None else record.callback.model_dump_json(),
                 record.owner,
                 record.queue,
+                record.input_json,
                 max_open,
                 record.owner,
                 max_open,
@@ -199,11 +202,28 @@ class SqliteTaskStore(EventsMixin):
         return Cancelled(self.get(task_id), done=cur.rowcount == 1)
 
     def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
+        """The failed deliveries are found by ``json_extract`` over the deliveries of the
+        tasks that have any (few): ``failed_deliveries``."""
         self._execute(
             "UPDATE tasks SET deliveries = json_set(COALESCE(deliveries, '{}'), ?, json(?)) "
             "WHERE id = ?",
             (f"$.{event}", delivery.model_dump_json(), task_id),
         )
+
+    def failed_deliveries(self, limit: int = 100) -> list[FailedDelivery]:
+        rows = self._execute(
+            f"SELECT {COLUMNS} FROM tasks WHERE deliveries LIKE '%\"failed\"%' "  # noqa: S608  # a constant column list
+            "AND (expires_at IS NULL OR expires_at > ?) ORDER BY rowid DESC LIMIT ?",
+            (time.time(), limit),
+        ).fetchall()
+        found = []
+        for row in rows:
+            record = row_to_record(row)
+            for event, delivery in record.deliveries.items():
+                if delivery.state == "failed":
+                    found.append(failed_delivery(record, event, delivery))
+        found.sort(key=lambda f: f.failed_at or f.task.submitted_at, reverse=True)
+        return found[:limit]
 
     def cache_get(self, key: str) -> str | None:
         row = self._execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
