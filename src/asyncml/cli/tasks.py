@@ -1,11 +1,15 @@
-"""Client commands: submit (one sub-command per kind), status, wait, cancel, kinds."""
+"""Client commands: submit (one sub-command per kind), status, wait, watch, cancel, kinds."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer._click import Command, Context  # typer types its groups with its vendored click
 from typer.core import TyperGroup
@@ -25,6 +29,7 @@ from asyncml.cli._common import (
 from asyncml.client import Client, Task
 from asyncml.errors import AsyncmlError
 from asyncml.kinds import TaskKind
+from asyncml.records import TaskEvent
 
 
 class _KindCommands(TyperGroup):
@@ -119,6 +124,126 @@ def wait(
     show(task, as_json)
 
 
+class WatchView:
+    """What ``asyncml watch`` shows, from the task's events alone (no terminal needed to
+    test it): a headline (its place in the queue and ETA, then its progress) and the lines
+    printed as events come. On a terminal the headline is a live bar and only logs and the
+    start are printed; elsewhere nothing redraws, so every change is a line of its own."""
+
+    def __init__(self, task_id: str, *, live: bool) -> None:
+        self.task_id = task_id
+        self.live = live
+        self.running = False
+        self.place = "waiting for the task's first event"
+        self.done: float = 0
+        self.total: float | None = None
+        self.step = ""
+
+    def apply(self, event: TaskEvent) -> list[str]:
+        """Take one event in; the lines (rich markup) to print for it."""
+        data = event.data
+        at = event.at.astimezone().strftime("%H:%M:%S")
+        if event.type == "queued":
+            eta = data.get("eta_s")
+            eta_text = "ETA unknown yet" if eta is None else f"ETA {eta:.1f} s"
+            self.place = f"queued: position {data['position']}, {data['ahead']} ahead, {eta_text}"
+            return [] if self.live else [f"{at} {self.place}"]
+        if event.type == "started":
+            self.running = True
+            return [
+                f"{at} started on {data.get('worker') or 'a worker'}, attempt {data.get('attempt')}"
+            ]
+        if event.type == "progress":
+            self.done, self.total = data.get("done") or 0, data.get("total")
+            self.step = data.get("message") or ""
+            return (
+                [] if self.live else [f"{at} progress {self._steps()} {escape(self.step)}".rstrip()]
+            )
+        if event.type == "log":
+            level = str(data.get("level", "info"))
+            colour = {"warning": "yellow", "error": "red", "critical": "red"}.get(level, "dim")
+            message = escape(str(data.get("message", "")))
+            return [f"{at} [{colour}]{level:<7}[/{colour}] {message}"]
+        if event.type == "output":
+            partial = json.dumps(data.get("partial"), separators=(",", ":"), default=str)
+            return [] if self.live else [f"{at} output {escape(partial)}"]
+        return []  # completed: the caller shows the final record
+
+    def headline(self) -> str:
+        if not self.running:
+            return self.place
+        return f"running {self._steps()} {escape(self.step)}".rstrip()
+
+    def _steps(self) -> str:
+        return f"{self.done:g}" if self.total is None else f"{self.done:g}/{self.total:g}"
+
+
+def watch_task(client: Client, task_id: str, timeout: float | None) -> Task:
+    """Follow a task's events to its end, showing them (see ``WatchView``); its final record."""
+    view = WatchView(task_id, live=console.is_terminal)
+    if not view.live:
+
+        def print_lines(event: TaskEvent) -> None:
+            for line in view.apply(event):
+                console.print(line, highlight=False)
+
+        return client.wait(task_id, timeout=timeout, on_event=print_lines)
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with bar:
+        row = bar.add_task(view.headline(), total=None)
+
+        def redraw(event: TaskEvent) -> None:
+            for line in view.apply(event):
+                bar.console.print(line, highlight=False)
+            known = view.running and view.total is not None
+            bar.update(
+                row,
+                description=view.headline(),
+                total=view.total if known else None,
+                completed=view.done if known else 0,
+            )
+            bar.refresh()  # each change drawn as it comes, not at the next tick
+
+        return client.wait(task_id, timeout=timeout, on_event=redraw)
+
+
+def _print_event(event: TaskEvent) -> None:
+    sys.stdout.write(json.dumps(event.wire(), default=str) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def watch(
+    task_id: str,
+    url: UrlOpt = DEFAULT_URL,
+    api_key: ApiKeyOpt = None,
+    timeout: WaitOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Each event as a JSON line (the stream's data).")
+    ] = False,
+) -> None:
+    """Follow a task live: its queue position and ETA, progress, logs, then its result."""
+    try:
+        with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
+            if as_json:
+                task = client.wait(task_id, timeout=timeout, on_event=_print_event)
+            else:
+                task = watch_task(client, task_id, timeout)
+    except AsyncmlError as exc:
+        raise fail(exc, as_json) from exc
+    if as_json:
+        if task.status.value == "FAILURE":
+            raise typer.Exit(EXIT_FAILED)
+        return
+    show(task, as_json)
+
+
 @app.command()
 def cancel(
     task_id: str, url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOpt = False
@@ -167,8 +292,10 @@ def _submit_command(target: typer.Typer, kind: TaskKind[Any, Any]) -> None:
         try:
             with Client(url, api_key=api_key, retries=CLI_RETRIES) as client:
                 task = client.submit(kind.name, **inputs)
-                if wait_:
+                if wait_ and as_json:
                     task = client.wait(task.id, timeout=timeout)
+                elif wait_:
+                    task = watch_task(client, task.id, timeout)
         except AsyncmlError as exc:
             raise fail(exc, as_json) from exc
         show(task, as_json)
@@ -196,7 +323,10 @@ def _submit_command(target: typer.Typer, kind: TaskKind[Any, Any]) -> None:
         inspect.Parameter(
             "wait",
             keyword,
-            annotation=Annotated[bool, typer.Option("--wait", help="Wait for the result.")],
+            annotation=Annotated[
+                bool,
+                typer.Option("--wait", help="Follow the task live (as watch) to its result."),
+            ],
             default=False,
         ),
         inspect.Parameter("timeout", keyword, annotation=WaitOpt, default=None),
