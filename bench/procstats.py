@@ -22,7 +22,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
 
 
-def _children_map() -> dict[int, list[int]]:
+def children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -36,7 +36,7 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def tree(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
-    children = children if children is not None else _children_map()
+    children = children if children is not None else children_map()
     found, pending = [root], [root]
     while pending:
         for child in children.get(pending.pop(), []):
@@ -115,7 +115,7 @@ class Meter:
         self._role_of: dict[int, str] = {}
 
     def _members(self) -> dict[str, list[int]]:
-        children = _children_map()
+        children = children_map()
         members: dict[str, list[int]] = {}
         for label, root in self.roots.items():
             for pid in tree(root, children):
@@ -124,6 +124,11 @@ class Meter:
                     self._role_of[pid] = role or label
                 members.setdefault(self._role_of[pid], []).append(pid)
         return members
+
+    def rss_mb(self, role: str) -> float:
+        """The summed RSS of a role's processes now (outside any window: a before/after)."""
+        pids = self._members().get(role, [])
+        return round(sum(_rss_bytes(p) for p in pids) / MB, 1)
 
     def _ticks(self) -> dict[str, dict[int, int]]:
         snapshot: dict[str, dict[int, int]] = {}

@@ -22,7 +22,7 @@ for _helpers in (ROOT / "tests" / "integration", ROOT / "tests" / "unit"):
         sys.path.insert(0, str(_helpers))
 
 from processes import ServiceProcess, service_env, wait_until_ready  # noqa: E402  # tests/integration, put on sys.path above
-from procstats import Meter  # noqa: E402
+from procstats import Meter, children_map, cmdline, tree  # noqa: E402
 from services import RabbitMQServer, RedisServer, free_ports  # noqa: E402
 
 QUEUES = "audio,euro,debug,webhooks"  # no models queue: ASYNCML_MODELS_BUNDLED=false
@@ -114,6 +114,11 @@ class Stack:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def pool_pids(self) -> list[int]:
+        """The worker processes that run tasks (the prefork pool's children, or the worker
+        itself when it has none): the events scenario freezes them to hold tasks STARTED."""
+        raise NotImplementedError
+
     def check(self) -> None:
         """Raise, with its log's tail, if a process of the stack has exited during a run."""
         for process in self.processes:
@@ -146,6 +151,13 @@ class EmbeddedStack(Stack):
 
     def meter(self) -> Meter:
         return Meter({"service": pid_of(self.up)}, classify=_classify_up)
+
+    def pool_pids(self) -> list[int]:
+        children = children_map()
+        below = tree(pid_of(self.up), children)
+        roots = [p for p in below if _classify_up(cmdline(p)) == "workers"]
+        # A pool child has its worker's argv too: it is its own "pool"; dict keeps one of each.
+        return list(dict.fromkeys(p for root in roots for p in _pool_of(root, children)))
 
     def stop(self) -> None:
         self.up.stop()
@@ -183,6 +195,9 @@ class BrokerStack(Stack):
     def meter(self) -> Meter:
         return Meter({"api": pid_of(self.api), "workers": pid_of(self.worker), **self.infra.pids()})
 
+    def pool_pids(self) -> list[int]:
+        return _pool_of(pid_of(self.worker), children_map())
+
     def stop(self) -> None:
         self.worker.stop()
         self.api.stop()
@@ -212,6 +227,11 @@ class BareStack(Stack):
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def _pool_of(worker: int, children: dict[int, list[int]]) -> list[int]:
+    below = tree(worker, children)[1:]
+    return below or [worker]
 
 
 def bench_service_env(

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from rich.table import Table
 
-from . import audio, ceilings, euro, footprint, models, overhead
+from . import audio, ceilings, euro, events, footprint, models, overhead
 from .context import Context
 
 
@@ -29,5 +29,6 @@ SCENARIOS: dict[str, Scenario] = {
     "audio": Scenario(audio.run),
     "footprint": Scenario(footprint.run, footprint.table),
     "models": Scenario(models.run),
+    "events": Scenario(events.run, events.table),
 }
 ALIASES = {"overhead": ["embedded", "rabbitmq+redis"]}
