@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import multiprocessing
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -53,6 +55,9 @@ class LoadResult:
     started: float = 0.0
     ended: float = 0.0
     stopped_by: str = "count"
+    # Several generator processes (run_in_processes): their CPU, and how many there were.
+    child_cpu_s: float = 0.0
+    processes: int = 1
 
     def summary(self) -> dict[str, Any]:
         """The figures issue #7 asks for; times in milliseconds, rates per second."""
@@ -357,3 +362,256 @@ async def run_open_loop(
         await asyncio.gather(*tasks)
         result.ended = time.perf_counter()
     return result
+
+
+# --- Routes: the same loads through other systems (the peers scenario) --------------------
+
+BENTO_FINAL = {"completed": "SUCCESS", "failed": "FAILURE", "canceled": "CANCELLED"}
+BENTO_POLL_S = 0.005  # BentoML's task API has no long-poll: its status is polled every 5 ms
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one task goes through a system, so one generator drives every system alike.
+
+    `asyncml`: `POST /v1/tasks/{path}` then long-poll (or `Prefer: wait`); `bentoml`: a
+    `@bentoml.task`'s `POST /{path}/submit`, `GET /{path}/status` every 5 ms until final,
+    then `GET /{path}/get`; `sync`: one `POST {path}` answered with the result (Ray Serve's
+    HTTP deployments, which have no task API).
+    """
+
+    style: str
+    path: str
+    prefer_wait_s: int = 0
+
+    def __post_init__(self) -> None:
+        if self.style not in ("asyncml", "bentoml", "sync"):
+            raise ValueError(f"unknown route style {self.style!r}")
+
+
+async def _route_task(
+    client: httpx.AsyncClient,
+    route: Route,
+    body: dict[str, Any],
+    sample: Sample,
+    result: LoadResult,
+    drained: float,
+) -> None:
+    """One task through `route`, from submit to its result in hand; errors counted."""
+    try:
+        if route.style == "sync":
+            response = await client.post(route.path, json=body)
+            result.requests += 1
+            sample.submit_end = time.perf_counter()
+            if response.status_code != 200:
+                result.errors[f"submit:{_error_kind(response)}"] += 1
+                return
+            _seen(sample, {"status": "SUCCESS", "result": response.json()}, result)
+            return
+        if route.style == "asyncml":
+            response = await client.post(
+                f"/v1/tasks/{route.path}", json=body, headers=_prefer(route.prefer_wait_s)
+            )
+            result.requests += 1
+            sample.submit_end = time.perf_counter()
+            if response.status_code not in (200, 202):
+                result.errors[f"submit:{_error_kind(response)}"] += 1
+                return
+            final = await _poll_until_final(client, response.json(), drained, result)
+            if final is not None:
+                _seen(sample, final, result)
+            return
+        response = await client.post(f"/{route.path}/submit", json=body)
+        result.requests += 1
+        sample.submit_end = time.perf_counter()
+        if response.status_code != 200:
+            result.errors[f"submit:{_error_kind(response)}"] += 1
+            return
+        task_id = response.json()["task_id"]
+        status = "in_progress"
+        while status not in BENTO_FINAL:
+            if time.perf_counter() >= drained:
+                result.errors["unfinished"] += 1
+                return
+            await asyncio.sleep(BENTO_POLL_S)  # the peer offers nothing to wait on
+            response = await client.get(f"/{route.path}/status", params={"task_id": task_id})
+            result.requests += 1
+            if response.status_code != 200:
+                result.errors[f"poll:{_error_kind(response)}"] += 1
+                return
+            status = response.json()["status"]
+        response = await client.get(f"/{route.path}/get", params={"task_id": task_id})
+        result.requests += 1
+        final_status = BENTO_FINAL[status]
+        if final_status == "SUCCESS" and response.status_code != 200:
+            result.errors[f"get:{_error_kind(response)}"] += 1
+            return
+        _seen(sample, {"status": final_status, "error": {"type": "peer"}}, result)
+    except httpx.HTTPError as exc:
+        sample.submit_end = sample.submit_end or time.perf_counter()
+        result.errors[f"http:{type(exc).__name__}"] += 1
+
+
+async def run_route_load(
+    base_url: str,
+    route: Route,
+    make_input: Callable[[int], dict[str, Any]],
+    *,
+    count: int,
+    concurrency: int,
+    deadline_s: float,
+    drain_s: float = 10.0,
+    first_index: int = 0,
+) -> LoadResult:
+    """`run_load`'s closed loop through any `route`: one client and connection per user."""
+    _loopback_only(base_url)
+    result = LoadResult()
+    next_index = 0
+    deadline = time.perf_counter() + deadline_s
+    drained = deadline + drain_s
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    timeout = httpx.Timeout(LONG_POLL_S + 10.0)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < count:
+            if time.perf_counter() >= deadline:
+                result.stopped_by = "deadline"
+                return
+            index = next_index
+            next_index += 1
+            sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+            result.samples.append(sample)
+            await _route_task(
+                client, route, make_input(first_index + index), sample, result, drained
+            )
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout)
+            )
+            for _ in range(concurrency)
+        ]
+        result.started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for client in clients))
+        result.ended = time.perf_counter()
+    return result
+
+
+async def run_route_open(
+    base_url: str,
+    route: Route,
+    make_input: Callable[[int], dict[str, Any]],
+    *,
+    rate_per_s: float,
+    duration_s: float,
+    drain_s: float = 10.0,
+    max_in_flight: int = 256,
+) -> LoadResult:
+    """`run_open_loop` through any `route`: one arrival every 1/rate s, whatever is open."""
+    _loopback_only(base_url)
+    if rate_per_s <= 0:
+        raise ValueError("rate_per_s must be positive")
+    result = LoadResult(stopped_by="duration")
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    timeout = httpx.Timeout(LONG_POLL_S + 10.0)
+    interval = 1.0 / rate_per_s
+    in_flight = 0
+
+    async def one(client: httpx.AsyncClient, index: int, drained: float) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+        result.samples.append(sample)
+        try:
+            await _route_task(client, route, make_input(index), sample, result, drained)
+        finally:
+            in_flight -= 1
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+        result.started = time.perf_counter()
+        drained = result.started + duration_s + drain_s
+        tasks: list[asyncio.Task[None]] = []
+        for index in range(max(1, int(duration_s * rate_per_s))):
+            delay = result.started + index * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the arrival schedule itself, not a wait on work
+            if in_flight >= max_in_flight:
+                result.errors["dropped:max_in_flight"] += 1
+                continue
+            tasks.append(asyncio.create_task(one(client, index, drained)))
+        await asyncio.gather(*tasks)
+        result.ended = time.perf_counter()
+    return result
+
+
+# --- Several generator processes -----------------------------------------------------------
+
+
+def _child_load(conn: Any, load: Callable[[int, int], LoadResult], share: int, first: int) -> None:
+    """A generator process: run its share, send back its samples and its own CPU."""
+    began = os.times()
+    try:
+        result = load(share, first)
+        now = os.times()
+        conn.send(
+            {
+                "samples": [tuple(vars(s).values()) for s in result.samples],
+                "errors": dict(result.errors),
+                "requests": result.requests,
+                "started": result.started,
+                "ended": result.ended,
+                "stopped_by": result.stopped_by,
+                "cpu_s": (now.user - began.user) + (now.system - began.system),
+            }
+        )
+    except BaseException as exc:  # reported to the parent, which raises it
+        conn.send({"error": repr(exc)})
+    finally:
+        conn.close()
+
+
+def run_in_processes(
+    load: Callable[[int, int], LoadResult], clients: int, processes: int
+) -> LoadResult:
+    """Split `clients` over `processes` forked generator processes and merge their results.
+
+    One asyncio process tops out near one core; past that the figure is the generator's.
+    `load(share, first_index)` runs one process's share. Every time is `perf_counter`
+    (CLOCK_MONOTONIC, one clock for every process of the machine), so samples merge as they
+    are. The children's CPU is in `child_cpu_s`, to be added to the parent's own.
+    """
+    if processes <= 1:
+        return load(clients, 0)
+    context = multiprocessing.get_context("fork")
+    shares = [
+        clients // processes + (1 if i < clients % processes else 0) for i in range(processes)
+    ]
+    pipes, children = [], []
+    for i, share in enumerate(s for s in shares if s):
+        parent_end, child_end = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_child_load, args=(child_end, load, share, i * 1_000_000), daemon=True
+        )
+        child.start()
+        child_end.close()
+        pipes.append(parent_end)
+        children.append(child)
+    merged = LoadResult(started=math.inf, ended=0.0)
+    stopped = set()
+    for pipe, child in zip(pipes, children, strict=True):
+        part = pipe.recv()  # blocks until the child's share is done: its deadline bounds it
+        child.join()
+        if "error" in part:
+            raise RuntimeError(f"load generator process failed: {part['error']}")
+        merged.samples += [Sample(*values) for values in part["samples"]]
+        merged.errors.update(part["errors"])
+        merged.requests += part["requests"]
+        merged.started = min(merged.started, part["started"])
+        merged.ended = max(merged.ended, part["ended"])
+        merged.child_cpu_s += part["cpu_s"]
+        stopped.add(part["stopped_by"])
+    merged.stopped_by = "deadline" if "deadline" in stopped else "count"
+    merged.processes = len(children)
+    return merged
