@@ -76,6 +76,9 @@ class TaskRecord(BaseModel):
     owner: str = Field(default="", exclude=True)
     # The queue its kind runs on (kept for its queue position). Never in API answers.
     queue: str = Field(default="", exclude=True)
+    # The input as submitted (JSON, cut at store.history.INPUT_KEPT_CHARS), kept for the
+    # dashboard; written at create, read on its own (store.task_input). Never in API answers.
+    input_json: str | None = Field(default=None, exclude=True)
 
     @property
     def final(self) -> bool:
@@ -151,6 +154,8 @@ class ApiKey(BaseModel):
     created_at: datetime
     rate: str | None = None
     max_unfinished: int | None = None
+    # May see every task, the workers and the dead letters in the dashboard.
+    operator: bool = False
 
     @property
     def key_id(self) -> str:

@@ -37,6 +37,7 @@ from asyncml.kinds import TaskKind
 from asyncml.records import Callback, TaskRecord, TaskStatus, utcnow
 from asyncml.settings import Settings
 from asyncml.store import AsyncTaskStore
+from asyncml.store.history import kept_input
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class Submitter:
             callback=callback,
             owner=owner,
             queue=kind.queue,
+            input_json=kept_input(payload),
         )
         # Keys are per owner: one key's Idempotency-Key never finds another's task.
         key = None if idempotency_key is None else f"{owner}:{idempotency_key}"

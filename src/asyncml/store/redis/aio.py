@@ -30,6 +30,7 @@ from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
 from asyncml.store.redis import codec, persistence, scripts
 from asyncml.store.redis.connection import async_retry, client_options, translated
+from asyncml.store.redis.history import HistoryMixin
 from asyncml.store.redis.scripts import (
     CHANNEL_PREFIX,
     EVENT_CHANNEL_PREFIX,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 _LIST_SCAN_MAX = 5000  # index entries one list request may read before it returns a cursor
 
 
-class AsyncRedisTaskStore:
+class AsyncRedisTaskStore(HistoryMixin):
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
         self._r = aioredis.Redis.from_url(url, **client_options(), retry=async_retry())
@@ -72,18 +73,37 @@ class AsyncRedisTaskStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> TaskPage:
-        """Walk the owner's index newest first (score = submit time, ties by id), reading
-        records in batches; ids whose record expired are dropped from the index on the way."""
+        return await self._walk(
+            scripts.OWNER_PREFIX + owner,
+            status=status,
+            kind=kind,
+            since=None,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def _walk(
+        self,
+        index: str,
+        *,
+        status: TaskStatus | None,
+        kind: str | None,
+        since: datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> TaskPage:
+        """Walk an index newest first (score = submit time, ties by id), reading records
+        in batches; ids whose record expired are dropped from the index on the way."""
         after = codec.parse_cursor(cursor)
         top: float | str = "+inf" if after is None else after[0]
+        bottom: float | str = "-inf" if since is None else since.timestamp()
         found: list[TaskRecord] = []
         last: tuple[float, str] | None = None
         scanned, offset, batch = 0, 0, max(2 * limit, 50)
-        index = scripts.OWNER_PREFIX + owner
         with translated():
             while scanned < _LIST_SCAN_MAX:
                 entries = await self._r.zrevrangebyscore(
-                    index, top, "-inf", start=offset, num=batch, withscores=True
+                    index, top, bottom, start=offset, num=batch, withscores=True
                 )
                 if not entries:
                     return TaskPage(tasks=found)

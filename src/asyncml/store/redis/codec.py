@@ -58,6 +58,8 @@ def _mapping(record: TaskRecord) -> Mapping[Any, Any]:
     mapping["owner"] = record.owner
     if record.queue:
         mapping["queue"] = record.queue
+    if record.input_json is not None:
+        mapping["input"] = record.input_json  # read on its own (history.task_input)
     return mapping
 
 

@@ -26,10 +26,11 @@ from asyncml.records import (
 from asyncml.store.base import EVENTS_KEPT, Cancelled
 from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
+from asyncml.store.sqlite.history import AsyncHistoryMixin
 from asyncml.store.sqlite.sync import SqliteTaskStore
 
 
-class AsyncSqliteTaskStore:
+class AsyncSqliteTaskStore(AsyncHistoryMixin):
     """The API's side: each call runs in a worker thread so the event loop never blocks."""
 
     _WATCH_S = 0.01

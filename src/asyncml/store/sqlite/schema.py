@@ -55,6 +55,7 @@ ADDED_COLUMNS = {
     "owner": "TEXT NOT NULL DEFAULT ''",
     "queue": "TEXT NOT NULL DEFAULT ''",
     "worker": "TEXT NOT NULL DEFAULT ''",
+    "input": "TEXT",  # the input as submitted, for the dashboard (store/history.py)
 }
 # After the columns exist (a data folder of an earlier version gets them first).
 INDEXES = """
