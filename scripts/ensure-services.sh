@@ -23,6 +23,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
 command -v ip >/dev/null || missing+=(iproute2)  # test_multihost.py: ip netns
+command -v chromium >/dev/null || missing+=(chromium)  # test_ui*.py: the dashboard in a browser
 
 if ((${#missing[@]} == 0)); then
     echo "ensure-services: redis-server and rabbitmq-server are installed"
@@ -55,7 +56,7 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${mis
 
 # Off now and after a reboot, in case a pre-existing policy-rc.d let them start.
 for svc in "${missing[@]}"; do
-    [[ "${svc}" == iproute2 ]] && continue # a tool, not a service
+    [[ "${svc}" == iproute2 || "${svc}" == chromium ]] && continue # tools, not services
     if [[ -d /run/systemd/system ]]; then
         systemctl disable --now "${svc}.service" || true
     else

@@ -42,7 +42,11 @@ def digest(key: str) -> str:
 
 
 def make_key(
-    name: str, *, rate: str | None = None, max_unfinished: int | None = None
+    name: str,
+    *,
+    rate: str | None = None,
+    max_unfinished: int | None = None,
+    operator: bool = False,
 ) -> tuple[str, ApiKey]:
     """A new key and the record to store for it."""
     if not name or any(c.isspace() for c in name) or len(name) > 64:
@@ -54,6 +58,7 @@ def make_key(
         created_at=utcnow(),
         rate=rate,
         max_unfinished=max_unfinished,
+        operator=operator,
     )
 
 
@@ -128,6 +133,12 @@ class Caller:
     def name(self) -> str:
         return "anonymous" if self.key is None else self.key.name
 
+    @property
+    def operator(self) -> bool:
+        """Sees every task (the dashboard's operator pages): an operator key, or anyone
+        when keys are off (every task is then everyone's, on the API too)."""
+        return self.key is None or self.key.operator
+
 
 ANONYMOUS = Caller(key=None)
 
@@ -154,6 +165,15 @@ class Authenticator:
         key = await self._lookup(wanted)
         if key is None or not hmac.compare_digest(key.digest, wanted):
             raise Unauthorized("send a valid API key: Authorization: Bearer aml_...")
+        return Caller(key=key)
+
+    async def by_digest(self, wanted: str) -> Caller:
+        """The caller of a dashboard session, which keeps the key's digest, never the key."""
+        if not self.required:
+            return ANONYMOUS
+        key = await self._lookup(wanted)
+        if key is None or not hmac.compare_digest(key.digest, wanted):
+            raise Unauthorized("the session's API key is no longer valid; sign in again")
         return Caller(key=key)
 
     async def _lookup(self, wanted: str) -> ApiKey | None:

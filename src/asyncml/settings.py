@@ -260,6 +260,14 @@ class Settings(BaseSettings):
         "platform's own cost per task) and debug.audio_decode (download and decode a whole "
         "audio file with librosa, the naive baseline of audio.length).",
     )
+    ui: bool = Field(
+        default=True, description="Serve the dashboard at /ui (false: no /ui routes at all)."
+    )
+    ui_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies; unset: a random secret kept in "
+        "the task store, shared by every API process using it.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="text for people, json for one JSON object a line."
     )

@@ -68,6 +68,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.include_router(events.build_router())
     app.include_router(classic.build_router(registry))
     app.include_router(v2.build_router(registry))
+    if settings.ui:
+        from asyncml.ui import create_ui  # Jinja2 and the templates load only when served
+
+        app.mount("/ui", create_ui(settings, registry, app))
     return app
 
 

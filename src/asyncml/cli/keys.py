@@ -51,6 +51,14 @@ def create(
     name: Annotated[str, typer.Argument(help="A name for the key (unique).")],
     rate: RateOpt = None,
     max_unfinished: MaxUnfinishedOpt = None,
+    operator: Annotated[
+        bool,
+        typer.Option(
+            "--operator",
+            help="The key may see every task, the workers and the dead letters in the "
+            "dashboard (/ui).",
+        ),
+    ] = False,
     file_line: Annotated[
         bool,
         typer.Option(
@@ -62,7 +70,9 @@ def create(
 ) -> None:
     """Make a key; it is shown once, keep it."""
     try:
-        key, record = make_key(name, rate=_checked_rate(rate), max_unfinished=max_unfinished)
+        key, record = make_key(
+            name, rate=_checked_rate(rate), max_unfinished=max_unfinished, operator=operator
+        )
     except ValueError as exc:
         err_console.print(f"[red]name:[/red] {exc}")
         raise typer.Exit(EXIT_USAGE) from exc
@@ -94,7 +104,7 @@ def list_keys(as_json: JsonOpt = False) -> None:
     if as_json:
         emit([k.model_dump(mode="json") | {"key_id": k.key_id} for k in keys], True)
         return
-    table = Table("name", "key id", "created", "rate", "max unfinished")
+    table = Table("name", "key id", "created", "rate", "max unfinished", "operator")
     for k in keys:
         table.add_row(
             k.name,
@@ -102,6 +112,7 @@ def list_keys(as_json: JsonOpt = False) -> None:
             k.created_at.isoformat(timespec="seconds"),
             k.rate or "default",
             "default" if k.max_unfinished is None else str(k.max_unfinished),
+            "yes" if k.operator else "",
         )
     console.print(table)
 
