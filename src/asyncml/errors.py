@@ -170,6 +170,11 @@ class TaskFailed(AsyncmlError):
         self.task = task
         self.error_type = error_type
 
+    def __str__(self) -> str:
+        """``fetch_failed: HTTP 404 from ...``: the type is what a program branches on, and a
+        traceback showing only the message hid it."""
+        return f"{self.error_type}: {self.message}" if self.error_type else self.message
+
 
 class TaskTimeout(AsyncmlError):
     """The task ran past its declared time limit."""
@@ -212,13 +217,41 @@ def _name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+def describe_errors(errors: Iterable[Mapping[str, Any]], body: Any = None) -> str:
     """One readable line from pydantic/FastAPI error entries: ``field: what is wrong; ...``.
 
     The ``body`` prefix FastAPI adds to locations is dropped: the client knows it sent one.
+    A JSON syntax error (FastAPI's ``json_invalid``, located by a character offset) is told
+    by line and column when the request ``body`` is given: "31: JSON decode error" named
+    neither the place nor the fault.
     """
     parts = []
     for err in errors:
+        if err.get("type") == "json_invalid" and isinstance(body, str | bytes):
+            parts.append(describe_json_error(err, body))
+            continue
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid input"
+
+
+def describe_json_error(err: Mapping[str, Any], body: str | bytes) -> str:
+    """``invalid JSON at line L, column C: what`` for FastAPI's ``json_invalid`` entry.
+
+    Lines and columns count from 1, as editors and ``json.JSONDecodeError`` do; the offset
+    is FastAPI's ``loc[-1]``, the reason ``ctx.error`` (the decoder's own words), except a
+    comma before a closing bracket, the commonest slip, which is named as such.
+    """
+    doc = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    loc = err.get("loc", ())
+    pos = loc[-1] if loc and isinstance(loc[-1], int) else 0
+    pos = max(0, min(pos, len(doc)))
+    line = doc.count("\n", 0, pos) + 1
+    column = pos - doc.rfind("\n", 0, pos)
+    ctx = err.get("ctx") or {}
+    reason = str(ctx.get("error") or err.get("msg") or "not JSON")
+    if doc[pos : pos + 1] in ("}", "]") and doc[:pos].rstrip().endswith(","):
+        reason = "trailing comma"
+    elif reason:
+        reason = reason[0].lower() + reason[1:]
+    return f"invalid JSON at line {line}, column {column}: {reason}"

@@ -178,6 +178,7 @@ class Submitter:
                 callback.url,
                 allow_loopback=self.settings.webhook_allow_loopback,
                 allow_private=self.settings.webhook_allow_private,
+                settings="ASYNCML_WEBHOOK",
             )
             if refused is not None:
                 raise InputInvalid(f"callback_url: {refused}")

@@ -68,6 +68,9 @@ class WorkerRuntime:
         self.events = EventFlusher(
             lambda: self.store, None if notices is None else notices.announce_event
         )
+        # Celery's trace logs "Task ... succeeded" for every task that returns, and each of
+        # ours returns, FAILURE included: the line of record is ours ("finished: FAILURE").
+        logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
     @property
     def store(self) -> TaskStore:
@@ -286,4 +289,5 @@ class WorkerRuntime:
         metrics.TASKS_FINISHED.labels(kind.name, status.value).inc()
         if notices is None or "completed" in notices:
             self._announce(task_id, "completed")
-        log.info("%s task %s finished: %s", kind.name, task_id, status.value)
+        outcome = status.value if error is None else f"{status.value} ({error.type})"
+        log.info("%s task %s finished: %s in %.2f s", kind.name, task_id, outcome, run_s)

@@ -21,15 +21,20 @@ from asyncml.errors import FetchError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[IPAddress]]
 
-_LOOPBACK_HINT = "set ASYNCML_FETCH_ALLOW_LOOPBACK=true to allow"
-_PRIVATE_HINT = "set ASYNCML_FETCH_ALLOW_PRIVATE=true to allow"
+# The settings that allow each refused class: ASYNCML_FETCH_* for downloads, and the group a
+# caller names (ASYNCML_WEBHOOK_* for callbacks), so the hint names the setting that governs.
+_LOOPBACK_HINT = "set {prefix}_ALLOW_LOOPBACK=true to allow"
+_PRIVATE_HINT = "set {prefix}_ALLOW_PRIVATE=true to allow"
+FETCH_SETTINGS = "ASYNCML_FETCH"
 # "This network": Linux routes 0.0.0.0 to the local host, and nothing else in 0/8 is reachable.
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 _SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")
 _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 
 
-def _refusal(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> str | None:
+def _refusal(
+    ip: IPAddress, *, allow_loopback: bool, allow_private: bool, settings: str = FETCH_SETTINGS
+) -> str | None:
     """Why ``ip`` is refused (with the setting that would allow it), or None if allowed.
 
     The order matters: Python counts ``::1`` as reserved and ``127.0.0.1`` as private, so
@@ -39,11 +44,17 @@ def _refusal(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> str
         # ::ffff:10.0.0.1 reaches 10.0.0.1 on a dual-stack socket: judge the IPv4 inside.
         if ip.ipv4_mapped is not None:
             return _refusal(
-                ip.ipv4_mapped, allow_loopback=allow_loopback, allow_private=allow_private
+                ip.ipv4_mapped,
+                allow_loopback=allow_loopback,
+                allow_private=allow_private,
+                settings=settings,
             )
         if ip.sixtofour is not None:
             inner = _refusal(
-                ip.sixtofour, allow_loopback=allow_loopback, allow_private=allow_private
+                ip.sixtofour,
+                allow_loopback=allow_loopback,
+                allow_private=allow_private,
+                settings=settings,
             )
             if inner is not None:
                 return f"6to4 address embedding a {inner}"
@@ -54,7 +65,8 @@ def _refusal(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> str
     if ip.is_multicast:
         return "multicast address; never allowed"
     if ip.is_loopback:
-        return None if allow_loopback else f"loopback address; {_LOOPBACK_HINT}"
+        hint = _LOOPBACK_HINT.format(prefix=settings)
+        return None if allow_loopback else f"loopback address; {hint}"
     if ip.is_reserved:
         return "reserved address; never allowed"
     # fec0::/10 was deprecated (RFC 3879) without being reassigned, so Python calls it global;
@@ -74,7 +86,7 @@ def _refusal(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> str
         kind = "unique local address"
     else:
         kind = "private address"
-    return f"{kind}; {_PRIVATE_HINT}"
+    return f"{kind}; {_PRIVATE_HINT.format(prefix=settings)}"
 
 
 def address_allowed(ip: IPAddress, *, allow_loopback: bool, allow_private: bool) -> bool:
@@ -137,9 +149,12 @@ def credentials_refusal(url: httpx.URL) -> str | None:
     return f"refusing {_redact(url)}: {CREDENTIALS_RULE}" if url.userinfo else None
 
 
-def literal_refusal(url: str, *, allow_loopback: bool, allow_private: bool) -> str | None:
+def literal_refusal(
+    url: str, *, allow_loopback: bool, allow_private: bool, settings: str = FETCH_SETTINGS
+) -> str | None:
     """Why a URL is refused before any lookup, else None: it carries credentials, or its host
     is an IP literal the policy refuses. Names are judged at connect time, after resolution.
+    ``settings`` is the prefix of the settings that would allow it, named in the reason.
 
     The submit-time check of every URL the service fetches or calls, so a refusal is a 422
     before anything is queued; the Fetcher applies the same rules to every hop again.
@@ -155,7 +170,9 @@ def literal_refusal(url: str, *, allow_loopback: bool, allow_private: bool) -> s
         ip = ipaddress.ip_address(parsed.host)
     except ValueError:
         return None
-    reason = _refusal(ip, allow_loopback=allow_loopback, allow_private=allow_private)
+    reason = _refusal(
+        ip, allow_loopback=allow_loopback, allow_private=allow_private, settings=settings
+    )
     return None if reason is None else f"refusing {ip}: {_with_article(reason)}"
 
 

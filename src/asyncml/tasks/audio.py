@@ -48,7 +48,7 @@ def _probe_head(ctx: TaskContext, url: str) -> AudioInfo | None:
     if got.status_code == 200 and got.content:  # the whole file fitted in the head's budget
         whole = ctx.scratch_dir() / "head"
         whole.write_bytes(got.content)
-        return probe_audio(whole)
+        return probe_audio(whole, got.headers.get("content-type"))
     return None
 
 
@@ -82,7 +82,7 @@ def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
     info = _probe_head(ctx, str(inp.audio_url))
     if info is None:
         downloaded = ctx.fetcher.download(str(inp.audio_url), ctx.scratch_dir() / "audio")
-        info = probe_audio(downloaded.path)
+        info = probe_audio(downloaded.path, downloaded.content_type)
     return AudioLengthOut(
         audio_length=info.duration_s,
         sample_rate=info.sample_rate,

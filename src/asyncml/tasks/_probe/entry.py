@@ -19,12 +19,15 @@ from asyncml.tasks._probe.info import (
 from asyncml.tasks._probe.mpeg import mpeg_frames
 from asyncml.tasks._probe.ogg import check_ogg_tail
 from asyncml.tasks._probe.riff import riff_data_chunk, riff_frames
+from asyncml.tasks._probe.sniff import refuse_plainly_not_audio
 
 
-def probe_audio(path: Path) -> AudioInfo:
+def probe_audio(path: Path, content_type: str | None = None) -> AudioInfo:
     """Length and layout of the audio in ``path``; never a length the bytes do not hold.
 
-    Raises AudioNotAudio for files no decoder recognises (including empty ones),
+    ``content_type`` is what the server called the body: a body libsndfile cannot open that
+    is plainly not audio (text, too small, a non-audio type) is refused before the slow
+    decode fallback. Raises AudioNotAudio for files no decoder recognises (including empty ones),
     AudioTruncated for files shorter than their header claims, and AudioError for other
     unreadable audio. A missing ``path`` is the caller's bug and raises OSError.
     """
@@ -35,6 +38,7 @@ def probe_audio(path: Path) -> AudioInfo:
         snd = sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError) as exc:
         riff_data_chunk(path, size)  # a WAV cut before its audio is truncated, not "not audio"
+        refuse_plainly_not_audio(path, content_type)
         return probe_by_decoding_with_librosa(path, libsndfile_error=error_reason(exc))
     with snd:
         fmt = str(snd.format)
