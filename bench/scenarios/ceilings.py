@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from loadgen import LoadResult, Sample
@@ -80,7 +81,162 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.ceilings.engine = engine
     runs.append(engine)
     ctx.ceilings.redis_benchmark = _redis_benchmark(redis_server.port, ctx.bounds.clients)
+    embedded = _embedded_engine_ceiling(ctx)
+    # Read by the scenarios that give the embedded engine's figures a ratio (curves, peers).
+    ctx.ceilings.embedded_engine = embedded  # type: ignore[attr-defined]  # see context.py
+    runs.append(embedded)
     return {"runs": runs, "redis_benchmark": ctx.ceilings.redis_benchmark}
+
+
+def _embedded_engine_ceiling(ctx: Context) -> dict[str, Any]:
+    """The same Celery no-op through the embedded engine's SQLite broker (asyncml's kombu
+    transport, polled every `embedded_poll_interval_s` as the service's workers poll it),
+    its result in Celery's database backend on SQLite, so the embedded figures have a
+    ratio too. Not a bound on the service: the worker takes one message per query of the
+    broker table (about 45 ms each on this loaded machine, a first measure: ~10-20 tasks/s),
+    which the service's own embedded engine may do better than.
+
+    SQLite has no notifications: the client polls the result table (one query for every
+    awaited result, see `_threaded_round_trips`).
+    """
+    from celery import Celery
+    from celery_noop import QUEUE, TASK
+
+    from asyncml.engine.embedded import broker_url
+    from asyncml.settings import Settings
+
+    folder = ctx.workdir / "embedded-ceiling"
+    folder.mkdir(parents=True, exist_ok=True)
+    results = (folder / "results.sqlite3").resolve()
+    broker, backend = broker_url(folder), f"db+sqlite:///{results}"
+    poll_s = Settings().embedded_poll_interval_s
+    env = clean_env(PYTHONPATH=str(BENCH_DIR), BENCH_BROKER_URL=broker, BENCH_BACKEND_URL=backend)
+    # celery_noop's app, with the asyncml transport registered first (an import does it).
+    code = (
+        "import asyncml.engine.embedded, celery_noop; "
+        "celery_noop.app.conf.broker_transport_options = "
+        f"{{'polling_interval': {poll_s}}}; celery_noop.app.worker_main(["
+        f"'worker', '-Q', '{QUEUE}', '--concurrency', '{WORKER_CONCURRENCY}', "
+        "'-P', 'prefork', '--loglevel', 'INFO'])"
+    )
+    worker = command_process(
+        "celery-noop-embedded", [sys.executable, "-c", code], env=env, workdir=ctx.workdir
+    )
+    app = Celery("bench_noop_embedded", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        broker_transport_options={"polling_interval": poll_s},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+    )
+    try:
+        worker.wait_for_line(" ready.", timeout=60)
+
+        def load(bounds: Bounds) -> Callable[[], LoadResult]:
+            return lambda: _threaded_round_trips(app, TASK, QUEUE, bounds, poll_s, results)
+
+        load(replace(ctx.bounds, max_tasks=30, seconds=30))()
+        return measure(
+            Meter({"workers": pid_of(worker)}),
+            load(ctx.bounds),
+            name="embedded engine ceiling (Celery no-op through the SQLite broker)",
+            engine="embedded",
+            poll_interval_s=poll_s,
+        )
+    finally:
+        worker.stop()
+        app.close()
+
+
+def _threaded_round_trips(
+    app: Any, task: str, queue: str, bounds: Bounds, poll_s: float, results_db: Path
+) -> LoadResult:
+    """Closed loop like run_load, one thread per client: publish, then await the result.
+
+    One poller reads every awaited result in one query each `poll_s` (as the RabbitMQ
+    ceiling's one pattern subscription serves every client): 16 clients each polling the
+    result table would measure SQLite's lock, not the engine.
+    """
+    import sqlite3
+    import threading
+
+    result = LoadResult()
+    lock = threading.Lock()
+    waiting: dict[str, threading.Event] = {}
+    stop = threading.Event()
+    deadline = time.perf_counter() + bounds.seconds
+    issued = 0
+
+    def poller() -> None:
+        db = None
+        while not stop.wait(poll_s):
+            with lock:
+                ids = list(waiting)
+            if not ids:
+                continue
+            if db is None:
+                try:
+                    db = sqlite3.connect(results_db, timeout=30)
+                except sqlite3.Error:
+                    continue  # the backend creates its table with its first result
+            marks = ",".join("?" * len(ids))
+            try:
+                rows = db.execute(
+                    f"SELECT task_id FROM celery_taskmeta WHERE status = 'SUCCESS' "  # noqa: S608  # placeholders only
+                    f"AND task_id IN ({marks})",
+                    ids,
+                ).fetchall()
+            except sqlite3.OperationalError:
+                continue  # no table yet
+            with lock:
+                for (task_id,) in rows:
+                    event = waiting.pop(task_id, None)
+                    if event is not None:
+                        event.set()
+        if db is not None:
+            db.close()
+
+    def client_loop() -> None:
+        nonlocal issued
+        while True:
+            with lock:
+                if issued >= bounds.max_tasks:
+                    return
+                if time.perf_counter() >= deadline:
+                    result.stopped_by = "deadline"
+                    return
+                issued += 1
+                sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+                result.samples.append(sample)
+            task_id, done = str(uuid.uuid4()), threading.Event()
+            with lock:
+                waiting[task_id] = done
+            try:
+                app.send_task(task, task_id=task_id, queue=queue)
+            except Exception as exc:  # a broker error is a result here, not a crash
+                with lock:
+                    result.errors[f"submit:{type(exc).__name__}"] += 1
+                continue
+            sample.submit_end = time.perf_counter()
+            if not done.wait(max(0.1, deadline + 10.0 - time.perf_counter())):
+                with lock:
+                    result.errors["unfinished"] += 1
+                return
+            sample.seen = time.perf_counter()
+            sample.status = "SUCCESS"
+
+    threads = [threading.Thread(target=client_loop) for _ in range(bounds.clients)]
+    watcher = threading.Thread(target=poller, name="results-poller")
+    watcher.start()
+    result.started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.ended = time.perf_counter()
+    stop.set()
+    watcher.join()
+    return result
 
 
 async def _celery_round_trips(app: Any, redis_url: str, bounds: Bounds) -> LoadResult:
