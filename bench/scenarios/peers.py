@@ -1,0 +1,411 @@
+"""Issue #19 item 1: the same work through the peers a user would pick instead, and through us.
+
+Four systems, one after the other, on this machine and in one run, driven by the same
+generator (loadgen.Route: each system's own way in): RabbitMQ + Redis (`asyncml api` +
+`asyncml worker`, submit + long-poll), the embedded default exactly as `make run` starts it
+(`asyncml up`, no options, bundled models on), BentoML's task endpoints (`@bentoml.task`:
+submit, status every 5 ms, get) and Ray Serve's HTTP deployments (`@serve.batch` for the
+heavy model; its Celery-backed asynchronous inference needs a broker configuration of its
+own, so the bench uses the synchronous path Ray documents first, and says so).
+
+Three workloads: an echo, `model.iris` from the same ONNX file, the heavy model (heavy_model.py)
+with each system's batching. For each: the closed loop (`RUNS` runs, median and spread;
+several generator processes), then the open loop at 25 % of that system's own median peak
+for p50/p95. A peer that cannot install or start is recorded with its error; the others run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadgen import LoadResult, Route, run_in_processes, run_route_load, run_route_open
+from procstats import Meter, own_cpu_s
+from stack import (
+    BENCH_DIR,
+    ROOT,
+    BrokerStack,
+    Stack,
+    _classify_up,
+    bench_service_env,
+    clean_env,
+    command_process,
+    pid_of,
+)
+
+from .context import Context
+from .tables import console
+
+RUNS = 3  # closed-loop runs per figure: the median and the spread are reported
+LOADGEN_PROCESSES = 2  # one asyncio process tops out near a core; see loadgen.run_in_processes
+CLIENTS = {"echo": 16, "iris": 16, "heavy": 64}  # heavy: enough clients to fill batches of 32
+OPEN_FRACTION = 0.25
+OPEN_SECONDS = 6.0
+IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+PEERS_DIR = BENCH_DIR / "peers"
+
+# What each system's path guarantees: the table's columns next to its speed.
+GUARANTEES = {
+    "rabbitmq+redis": {
+        "queue": "durable: RabbitMQ persistent messages, publisher confirms; records in "
+        "Redis (AOF, fsync every second)",
+        "survives_worker_kill": "yes: late ack, the message is redelivered",
+    },
+    "embedded": {
+        "queue": "durable: one SQLite file (broker and records)",
+        "survives_worker_kill": "yes: asyncml up restarts the worker and makes its "
+        "unacknowledged messages visible again",
+    },
+    "bentoml": {
+        "queue": "in memory: the task runs as a background task of the HTTP worker that "
+        "took the submit; its result in that worker's local store",
+        "survives_worker_kill": "no: the task dies with the worker",
+    },
+    "ray-serve": {
+        "queue": "none: a request held open until answered (HTTP deployment)",
+        "survives_worker_kill": "no: the request fails; the client must resend it",
+    },
+}
+
+
+def _heavy_row(i: int) -> list[float]:
+    from heavy_model import N_FEATURES
+
+    return [((i * 31 + j * 7) % 100) / 100 for j in range(N_FEATURES)]
+
+
+def _workloads(system: str) -> dict[str, tuple[Route, Callable[[int], dict[str, Any]]]]:
+    """Each workload's route and input on `system`: the same work in each system's shape."""
+    if system in ("rabbitmq+redis", "embedded"):
+        return {
+            "echo": (Route("asyncml", "debug.echo"), lambda i: {"payload": {"i": i}}),
+            "iris": (Route("asyncml", "model.iris"), lambda i: dict(IRIS_ROW)),
+            "heavy": (
+                Route("asyncml", "model.heavy"),
+                lambda i: {f"f{j}": v for j, v in enumerate(_heavy_row(i))},
+            ),
+        }
+    if system == "bentoml":
+        return {
+            "echo": (Route("bentoml", "echo"), lambda i: {"payload": {"i": i}}),
+            "iris": (Route("bentoml", "iris_predict"), lambda i: dict(IRIS_ROW)),
+            "heavy": (Route("bentoml", "heavy"), lambda i: {"rows": [_heavy_row(i)]}),
+        }
+    return {
+        "echo": (Route("sync", "/echo"), lambda i: {"payload": {"i": i}}),
+        "iris": (Route("sync", "/iris"), lambda i: dict(IRIS_ROW)),
+        "heavy": (Route("sync", "/heavy"), lambda i: {"row": _heavy_row(i)}),
+    }
+
+
+class Served:
+    """A system under test: its URL, how to meter it, how to stop it (and, for a service
+    started without workers, how to start them: the backlog scenario)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        meter: Callable[[], Meter],
+        stop: Callable[[], None],
+        *,
+        workdir: Path | None = None,
+    ) -> None:
+        self.base_url, self.meter, self.stop, self.workdir = base_url, meter, stop, workdir
+        self.start_workers: Callable[[int], Any] | None = None
+
+
+def _kill_leftovers(pids: list[int]) -> None:
+    """SIGKILL what a peer's server started and left behind (by pid: ours, no broad kill)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _peer_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Served:
+    from processes import descendants  # tests/integration, on sys.path via stack
+    from services import free_ports
+
+    (port,) = free_ports(1)
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    process = command_process(name, argv, env=env, workdir=workdir)
+    base_url = f"http://127.0.0.1:{port}"
+    seen: set[int] = set()
+
+    def meter() -> Meter:
+        return Meter({"service": pid_of(process)})
+
+    def stop() -> None:
+        seen.update(descendants(pid_of(process)))
+        process.stop(timeout=20)
+        _kill_leftovers(sorted(seen))
+
+    try:
+        if name == "ray-serve":
+            process.wait_for_line(" ready.", timeout=180)
+        else:
+            from processes import wait_until_ready
+
+            wait_until_ready(base_url, process, timeout=120)
+        seen.update(descendants(pid_of(process)))
+    except BaseException:
+        stop()
+        raise
+    return Served(base_url, meter, stop)
+
+
+def _start(ctx: Context, system: str, models_dir: Path, heavy_onnx: Path) -> Served:
+    workdir = Path(tempfile.mkdtemp(prefix=f"peers-{system}-", dir=ctx.workdir))
+    iris_onnx = ROOT / "src" / "asyncml" / "models" / "example" / "iris" / "model.onnx"
+    env_models = {
+        "ASYNCML_MODELS_BUNDLED": "true",
+        "ASYNCML_MODELS_DIR": str(models_dir),
+        "ASYNCML_MODELS_PRELOAD": "true",
+    }
+    if system == "rabbitmq+redis":
+        stack: Stack = BrokerStack(workdir, ctx.infra, env_models, queues="debug,models")
+        return Served(stack.base_url, stack.meter, stack.stop)
+    if system == "embedded":
+        return _up_as_make_run(workdir, env_models)
+    env = clean_env(
+        PYTHONPATH=str(PEERS_DIR),
+        BENCH_IRIS_ONNX=str(iris_onnx),
+        BENCH_HEAVY_ONNX=str(heavy_onnx),
+        BENTOML_DO_NOT_TRACK="True",
+        BENTOML_HOME=str(workdir / "bentoml"),
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+    )
+    if system == "bentoml":
+        argv = [sys.executable, "-m", "bentoml", "serve", "bento_service:Peers"]
+        argv += ["--working-dir", str(PEERS_DIR), "--host", "127.0.0.1", "--port", "{port}"]
+        return _peer_process("bentoml", argv, workdir, env)
+    argv = [sys.executable, str(PEERS_DIR / "ray_app.py"), "{port}"]
+    return _peer_process("ray-serve", argv, workdir, env)
+
+
+def _up_as_make_run(workdir: Path, env_models: dict[str, str]) -> Served:
+    """`asyncml up` with no options, as `make run` starts it: every worker it starts."""
+    from processes import ServiceProcess, wait_until_ready
+
+    port, env = bench_service_env(workdir, env_models)
+    up = ServiceProcess("up", ["up"], env=env, workdir=workdir).start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, up, timeout=90)
+    except BaseException:
+        up.stop()
+        raise
+    return Served(base_url, lambda: Meter({"service": pid_of(up)}, classify=_classify_up), up.stop)
+
+
+def measure_run(served: Served, load: Callable[[], LoadResult], **fields: Any) -> dict[str, Any]:
+    """One run: the system's CPU and RSS, the generator's CPU (every process of it)."""
+    meter = served.meter()
+    cpu_before = own_cpu_s()
+    meter.start()
+    result = load()
+    processes = meter.stop()
+    summary = result.summary()
+    done = summary["succeeded"] or 1
+    loadgen_cpu = own_cpu_s() - cpu_before + result.child_cpu_s
+    service_cpu = sum(p["cpu_s"] for p in processes.values())
+    return {
+        **fields,
+        **summary,
+        "latency_ms": {**summary["latency_ms"], "p95": _p95(result)},
+        "processes": processes,
+        "cpu_ms_per_task": round(service_cpu * 1000 / done, 2),
+        "rss_mb": round(sum(p["peak_rss_mb"] for p in processes.values()), 1),
+        "loadgen_processes": result.processes,
+        "loadgen_cpu_s": round(loadgen_cpu, 2),
+        "loadgen_cpu_ms_per_task": round(loadgen_cpu * 1000 / done, 2),
+        # Each generator process near a full core: the figure is the generator's.
+        "loadgen_bound": loadgen_cpu >= 0.85 * summary["wall_s"] * result.processes,
+    }
+
+
+def _p95(result: LoadResult) -> float | None:
+    latencies = sorted(
+        (s.seen - s.submit_start) * 1000
+        for s in result.samples
+        if s.seen is not None and s.status == "SUCCESS"
+    )
+    if not latencies:
+        return None
+    return round(latencies[max(0, -(-95 * len(latencies) // 100) - 1)], 2)
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _workload_runs(
+    ctx: Context, system: str, served: Served, name: str, route: Route, make: Any
+) -> dict[str, Any]:
+    clients = CLIENTS[name]
+    seconds = min(ctx.bounds.seconds, 8.0)
+    warm = asyncio.run(
+        run_route_load(served.base_url, route, make, count=20, concurrency=4, deadline_s=60)
+    ).summary()
+    if warm["succeeded"] < 20:
+        raise RuntimeError(f"warm-up of {name} on {system}: {warm['errors']}")
+    closed = []
+    for i in range(RUNS):
+
+        def load(share: int, first: int) -> LoadResult:
+            return asyncio.run(
+                run_route_load(
+                    served.base_url,
+                    route,
+                    make,
+                    count=ctx.bounds.max_tasks,
+                    concurrency=share,
+                    deadline_s=seconds,
+                    first_index=first,
+                )
+            )
+
+        closed.append(
+            measure_run(
+                served,
+                lambda: run_in_processes(load, clients, LOADGEN_PROCESSES),
+                run=f"{system} {name} closed loop {i + 1}/{RUNS}, {clients} clients",
+            )
+        )
+    peak = statistics.median([r["tasks_per_s"] or 0.0 for r in closed]) or 1.0
+    rate = round(peak * OPEN_FRACTION, 1)
+    opened = measure_run(
+        served,
+        lambda: asyncio.run(
+            run_route_open(
+                served.base_url, route, make, rate_per_s=rate, duration_s=min(OPEN_SECONDS, seconds)
+            )
+        ),
+        run=f"{system} {name} open loop at 25 % of its peak ({rate:g}/s)",
+        open_loop={"rate_per_s": rate, "of_tasks_per_s": peak, "fraction": OPEN_FRACTION},
+    )
+    return {
+        "system": system,
+        "workload": name,
+        "route": vars(route),
+        "clients": clients,
+        "tasks_per_s": _spread([r["tasks_per_s"] or 0.0 for r in closed]),
+        "p50_ms_at_25": opened["latency_ms"]["p50"],
+        "p95_ms_at_25": opened["latency_ms"]["p95"],
+        "cpu_ms_per_task": _spread([r["cpu_ms_per_task"] for r in closed]),
+        "loadgen_cpu_ms_per_task": _spread([r["loadgen_cpu_ms_per_task"] for r in closed]),
+        "rss_mb": max(r["rss_mb"] for r in closed),
+        **GUARANTEES[system],
+        "runs": [*closed, opened],
+    }
+
+
+SYSTEMS = ("rabbitmq+redis", "embedded", "bentoml", "ray-serve")
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    import heavy_model
+
+    models_dir = ctx.workdir / "peers-models"
+    _, depth, row_ms = heavy_model.calibrated(models_dir / "heavy")
+    heavy_onnx = models_dir / "heavy" / "model.onnx"
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    for system in SYSTEMS:
+        try:
+            served = _start(ctx, system, models_dir, heavy_onnx)
+        except Exception as exc:  # a peer that cannot run here: its error, the rest go on
+            failures.append({"system": system, "stage": "start", "error": str(exc)[-2000:]})
+            console.print(f"[red]peers: {system} did not start: {str(exc)[-600:]}[/red]")
+            continue
+        try:
+            for name, (route, make) in _workloads(system).items():
+                try:
+                    rows.append(_workload_runs(ctx, system, served, name, route, make))
+                except Exception as exc:  # one workload failing leaves the others
+                    failures.append({"system": system, "stage": name, "error": str(exc)[-2000:]})
+                    console.print(f"[red]peers: {system} {name}: {str(exc)[-600:]}[/red]")
+        finally:
+            served.stop()
+    return {
+        "rows": rows,
+        "comparisons": comparisons(rows),
+        "failures": failures,
+        "heavy_model": {"depth": depth, "width": heavy_model.WIDTH, "one_row_ms": row_ms},
+        "loadgen_processes": LOADGEN_PROCESSES,
+        "runs": [run for row in rows for run in row["runs"]],
+    }
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Us against each peer per workload, oriented so that >= 1.0 means we are ahead."""
+    out = []
+    by = {(r["system"], r["workload"]): r for r in rows}
+    for (us, workload), mine in by.items():
+        if us not in ("rabbitmq+redis", "embedded"):
+            continue
+        for peer in ("bentoml", "ray-serve"):
+            theirs = by.get((peer, workload))
+            if theirs is None:
+                continue
+            ours_tps, peer_tps = mine["tasks_per_s"]["median"], theirs["tasks_per_s"]["median"]
+            ours_p50, peer_p50 = mine["p50_ms_at_25"], theirs["p50_ms_at_25"]
+            out.append(
+                {
+                    "workload": workload,
+                    "us": us,
+                    "peer": peer,
+                    "tasks_per_s_ratio": round(ours_tps / peer_tps, 2) if peer_tps else None,
+                    "p50_ratio": round(peer_p50 / ours_p50, 2) if ours_p50 and peer_p50 else None,
+                }
+            )
+    return out
+
+
+def table(outcome: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="peers: median of closed-loop runs [min-max]; p50/p95 at 25 % of own peak")
+    for col in ("system", "work", "tasks/s", "p50/p95 ms", "CPU ms/task", "gen ms/task", "RSS MB"):
+        t.add_column(col)
+    t.add_column("queue")
+    t.add_column("survives worker kill")
+    for r in outcome["rows"]:
+        tps, cpu, gen = r["tasks_per_s"], r["cpu_ms_per_task"], r["loadgen_cpu_ms_per_task"]
+        t.add_row(
+            r["system"],
+            r["workload"],
+            f"{tps['median']:g} [{tps['min']:g}-{tps['max']:g}]",
+            f"{r['p50_ms_at_25']} / {r['p95_ms_at_25']}",
+            f"{cpu['median']:g}",
+            f"{gen['median']:g}",
+            f"{r['rss_mb']:g}",
+            r["queue"].split(":")[0],
+            r["survives_worker_kill"].split(":")[0],
+        )
+    for c in outcome["comparisons"]:
+        t.add_row(
+            f"ratio {c['us']} vs {c['peer']}",
+            c["workload"],
+            f"{c['tasks_per_s_ratio']}",
+            f"{c['p50_ratio']}",
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
+    for f in outcome["failures"]:
+        t.add_row(f["system"], f["stage"], "FAILED", f["error"][-120:], "", "", "", "", "")
+    return t
