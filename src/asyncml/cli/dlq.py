@@ -218,8 +218,10 @@ def purge(
                 if not store.dead_letter_remove(task_id):
                     raise TaskNotFound(f"task {task_id} is not in the dead-letter queue")
                 purged = 1
+            elif (count := store.dead_letter_count()) == 0:
+                purged = 0  # nothing to ask about: an empty queue is not a refusal
             else:
-                if not yes and not _confirmed(store.dead_letter_count()):
+                if not yes and not _confirmed(count):
                     err_console.print("nothing purged")
                     raise typer.Exit(EXIT_USAGE)
                 purged = store.dead_letter_purge()
@@ -227,6 +229,8 @@ def purge(
         raise fail(exc, as_json) from exc
     if as_json:
         emit({"purged": purged}, True)
+    elif purged == 0 and task_id is None:
+        console.print("the dead-letter queue is empty; nothing to purge")
     else:
         console.print(f"purged {purged} entr{'y' if purged == 1 else 'ies'}")
 

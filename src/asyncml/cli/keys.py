@@ -87,10 +87,29 @@ def create(
     line = key_file_line(record)
     if as_json:
         emit({"name": name, "key": key, "digest": record.digest, "file_line": line}, True)
+    else:
+        sys.stdout.write(key + "\n")
+        hint = f"keys-file line: {line}" if file_line else "stored; shown once, keep it"
+        err_console.print(f"[green]{name}[/green]: {hint}", highlight=False, soft_wrap=True)
+    _warn_if_not_enforced()
+
+
+def _warn_if_not_enforced() -> None:
+    """A key made for a server that asks for none looks like protection that is not there."""
+    settings = load_settings()
+    if settings.auth_required:
         return
-    sys.stdout.write(key + "\n")
-    hint = f"keys-file line: {line}" if file_line else "stored; shown once, keep it"
-    err_console.print(f"[green]{name}[/green]: {hint}", highlight=False, soft_wrap=True)
+    why = (
+        "ASYNCML_AUTH=off"
+        if settings.auth == "off"
+        else f"ASYNCML_AUTH=auto and the API listens on loopback ({settings.api_host})"
+    )
+    err_console.print(
+        f"[yellow]note:[/yellow] keys are not enforced with these settings ({why}): "
+        "requests without a key are served; set ASYNCML_AUTH=on to require keys",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @keys_app.command("list")

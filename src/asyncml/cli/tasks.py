@@ -25,6 +25,7 @@ from asyncml.cli._common import (
     emit,
     fail,
     load_registry,
+    schema_type,
 )
 from asyncml.client import Client, Task
 from asyncml.errors import AsyncmlError
@@ -273,7 +274,7 @@ def kinds(url: UrlOpt = DEFAULT_URL, api_key: ApiKeyOpt = None, as_json: JsonOpt
         schema = kind["input_schema"]
         required = set(schema.get("required", []))
         inputs = ", ".join(
-            f"{name}{'' if name in required else '?'}: {prop.get('type', prop.get('format', ''))}"
+            f"{name}{'' if name in required else '?'}: {schema_type(prop)}"
             for name, prop in schema.get("properties", {}).items()
         )
         table.add_row(kind["name"], kind["queue"], inputs, kind["description"])
