@@ -138,7 +138,11 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
     )
     embedded_poll_interval_s: float = Field(
-        default=0.02, gt=0, le=5, description="How often embedded workers poll SQLite for work."
+        default=1.0,
+        gt=0,
+        le=5,
+        description="How long an idle embedded worker waits for a publisher's wake-up before "
+        "it looks at SQLite anyway (the fallback for a missed wake-up).",
     )
     publish_timeout_s: float = Field(
         default=5.0,

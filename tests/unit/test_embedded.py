@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from queue import Empty
+from queue import Empty, Queue
 from typing import Any
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Exchange
+from kombu import Queue as KombuQueue
 
 from asyncml.engine import Engine
 from asyncml.engine.embedded import broker_url, exclusive, recover_unacked
@@ -192,3 +195,108 @@ def test_one_channel_used_from_two_threads_keeps_every_message(settings: Setting
     connection.release()
     assert errors == []
     assert counts["put"] > 0 and counts["got"] + left == counts["put"]
+
+
+class _Consumer:
+    """A kombu consumer of queue ``q`` on the embedded broker, draining in a thread, that
+    says when it has looked at SQLite, found nothing, and started waiting for a ring."""
+
+    def __init__(self, settings: Settings, fallback_s: float) -> None:
+        from asyncml.engine import embedded
+
+        self.connection = Connection(
+            broker_url(settings.data_dir), transport_options={"polling_interval": fallback_s}
+        )
+        self.got: Queue[tuple[Any, float]] = Queue()
+        self.waiting = threading.Event()
+        self._stop = threading.Event()
+        exchange = Exchange("q", type="direct")
+        self.queue = KombuQueue("q", exchange, routing_key="q")
+        self._consumer = self.connection.Consumer(
+            [self.queue], callbacks=[self._on_message], accept=["json"]
+        )
+        self._consumer.consume()
+        transport: Any = self.connection.transport
+        bell = transport.doorbell(embedded.wake_dir(settings.data_dir / "broker.sqlite3"))
+        wait = bell.wait
+
+        def announced_wait(timeout_s: float) -> bool:
+            self.waiting.set()
+            return bool(wait(timeout_s))
+
+        bell.wait = announced_wait
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        message.ack()
+        if body == "stop":
+            self._stop.set()
+        else:
+            self.got.put((body, time.monotonic()))
+
+    def _drain(self) -> None:
+        # A long drain, as Celery's loop is one: only a ring or the fallback ends its wait.
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self.connection.drain_events(timeout=120)
+
+    def close(self, settings: Settings) -> None:
+        _publish(settings, "stop")
+        self._thread.join(timeout=150)
+        self.connection.release()
+
+
+def _publish(settings: Settings, body: Any) -> float:
+    """Publish from a connection of its own, as the API does; returns when it was sent."""
+    with Connection(broker_url(settings.data_dir)) as connection:
+        exchange = Exchange("q", type="direct")
+        producer = connection.Producer(serializer="json")
+        sent = time.monotonic()
+        producer.publish(
+            body, exchange=exchange, routing_key="q", declare=[KombuQueue("q", exchange, "q")]
+        )
+    return sent
+
+
+def test_idle_worker_takes_a_published_message_at_once_not_at_its_fallback_poll(
+    settings: Settings,
+) -> None:
+    settings.data_dir.mkdir(parents=True)
+    consumer = _Consumer(settings, fallback_s=60.0)
+    try:
+        assert consumer.waiting.wait(30), "the consumer never started waiting"
+        sent = _publish(settings, {"n": 1})
+        body, received = consumer.got.get(timeout=5)  # a twelfth of the fallback interval
+    finally:
+        consumer.close(settings)
+    assert body == {"n": 1}
+    assert received - sent < 5
+
+
+def test_worker_that_missed_its_wake_up_takes_the_message_at_its_fallback_poll(
+    settings: Settings,
+) -> None:
+    from asyncml.engine.embedded import wake_dir
+
+    settings.data_dir.mkdir(parents=True)
+    consumer = _Consumer(settings, fallback_s=0.5)
+    try:
+        assert consumer.waiting.wait(30), "the consumer never started waiting"
+        # Its registration is gone (a data folder cleaned, a ring lost): nobody is rung.
+        shutil.rmtree(wake_dir(settings.data_dir / "broker.sqlite3"))
+        _publish(settings, {"n": 2})
+        body, _ = consumer.got.get(timeout=10)
+    finally:
+        consumer.close(settings)
+    assert body == {"n": 2}
+
+
+def test_publisher_forgets_a_consumer_whose_process_is_gone(settings: Settings) -> None:
+    from asyncml.engine.embedded import ring, wake_dir
+
+    folder = wake_dir(settings.data_dir / "broker.sqlite3") / "q"
+    folder.mkdir(parents=True)
+    (folder / "999999999-deadbeef").touch()  # no socket of that name exists
+    assert ring(folder.parent, "q") == 0
+    assert list(folder.iterdir()) == []

@@ -15,24 +15,40 @@ Four gaps of the stock transport are closed here:
   AttributeError) or a duplicate queue row. Here a lock file next to the database holds
   across processes;
 * its channel's session breaks when two threads use it at once, which Celery 5.7 does
-  (see ``SqliteChannel``).
+  (see ``SqliteChannel``);
+* it polls: every ``polling_interval`` each consuming worker opened a write transaction
+  (``BEGIN IMMEDIATE``) per queue it consumes, to learn that nothing was there. At 20 ms
+  that was a quarter of a core for ``asyncml up`` doing nothing, and every poll held the
+  file's write lock that the API's publishes wait for. Here a publisher rings a doorbell
+  (``Doorbell``: a datagram to each process consuming that queue) after it commits, and a
+  worker looks at SQLite when rung, when its own pool frees a slot, or after
+  ``polling_interval`` (the fallback for a missed ring), and first with one read of which
+  of its queues hold anything, taking the write lock only to fetch from those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
+import os
+import secrets
+import select
+import socket
 import sqlite3
+import sys
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport.sqlalchemy import Channel as SqlAlchemyChannel
 from kombu.transport.sqlalchemy import Transport as SqlAlchemyTransport
+from kombu.transport.virtual import Empty
 
 from asyncml.settings import Settings
 from asyncml.store import TaskStore
@@ -54,6 +70,126 @@ def _schema_lock(database: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# Abstract socket names (Linux): no path in the data folder, whose length a Unix socket
+# path could not hold (108 bytes), and nothing left behind by a process that died.
+_ABSTRACT = sys.platform.startswith("linux")
+_BELL_PREFIX = b"\0asyncml-doorbell-"
+DEFAULT_FALLBACK_POLL_S = 1.0
+
+
+def wake_dir(database: str | Path) -> Path:
+    """``wake/<queue>/<token>``: one empty file per process consuming that queue."""
+    return Path(database).parent / "wake"
+
+
+class Doorbell:
+    """How a publisher wakes the processes that consume a queue, on one host.
+
+    The consuming process binds a datagram socket and, for each queue it consumes, puts an
+    empty file named after the socket in ``wake/<queue>/``; a publisher, after its message
+    is committed, sends an empty datagram to each socket named there (``ring``). A ring
+    that arrives while the worker is busy waits in the socket until it next waits, so none
+    is lost between a look at SQLite and the wait that follows. A file whose socket is gone
+    (its process died) is removed by the first publisher that finds it so. Where abstract
+    sockets do not exist (not Linux) nobody rings and the fallback poll does the work.
+    """
+
+    def __init__(self, wake: Path) -> None:
+        self._wake = wake
+        self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._queues: set[str] = set()
+        self._sock: socket.socket
+        self._self_ring: socket.socket | None = None
+        if _ABSTRACT:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.bind(_BELL_PREFIX + self.token.encode())
+        else:
+            self._sock, self._self_ring = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._self_ring.setblocking(False)
+        self._sock.setblocking(False)
+
+    def listen(self, queue: str) -> None:
+        """Ask to be rung for ``queue``; before the first look at it, so no ring is missed."""
+        if not _ABSTRACT or queue in self._queues:
+            return
+        folder = self._wake / queue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.token).touch()
+        self._queues.add(queue)
+
+    def forget(self, queue: str) -> None:
+        self._queues.discard(queue)
+        with contextlib.suppress(OSError):
+            (self._wake / queue / self.token).unlink()
+
+    def ring_self(self) -> None:
+        """Wake this process's own wait: its pool freed a slot, so it may fetch again."""
+        try:
+            if self._self_ring is not None:
+                self._self_ring.send(b"")
+            else:
+                _sender().sendto(b"", _BELL_PREFIX + self.token.encode())
+        except OSError:
+            pass  # a full buffer: a wake-up is already waiting
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until rung or ``timeout_s``; True when rung. Every waiting ring is read."""
+        readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout_s))
+        if not readable:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._sock.recv(16)
+        return True
+
+    def close(self) -> None:
+        for queue in list(self._queues):
+            self.forget(queue)
+        self._sock.close()
+        if self._self_ring is not None:
+            self._self_ring.close()
+
+
+_sender_lock = threading.Lock()
+_sender_sock: tuple[int, socket.socket] | None = None
+
+
+def _sender() -> socket.socket:
+    """One unbound datagram socket per process (a forked child makes its own)."""
+    global _sender_sock
+    with _sender_lock:
+        if _sender_sock is None or _sender_sock[0] != os.getpid():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            _sender_sock = (os.getpid(), sock)
+        return _sender_sock[1]
+
+
+def ring(wake: Path, queue: str) -> int:
+    """Wake every process consuming ``queue``; returns how many were rung.
+
+    Never raises: a ring is a hint, and the message is already committed.
+    """
+    if not _ABSTRACT:
+        return 0
+    folder = wake / queue
+    try:
+        tokens = os.listdir(folder)
+    except OSError:
+        return 0  # nobody listens yet: a worker that starts looks at the queue first
+    rung = 0
+    for token in tokens:
+        try:
+            _sender().sendto(b"", _BELL_PREFIX + token.encode())
+            rung += 1
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(OSError):
+                (folder / token).unlink()  # its process is gone
+        except OSError:
+            rung += 1  # its buffer is full: it has a ring waiting already
+    return rung
+
+
 class SqliteChannel(SqlAlchemyChannel):
     """One SQLAlchemy session per channel, used by one thread at a time.
 
@@ -72,10 +208,67 @@ class SqliteChannel(SqlAlchemyChannel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as in kombu-stubs
         with self._session_lock:
             super()._put(queue, payload, **kwargs)
+        ring(wake_dir(self._database()), queue)  # after the commit: a woken worker finds it
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
         with self._session_lock:
             return super()._get(queue)
+
+    def _waiting_queues(self, queues: Collection[str]) -> list[str]:
+        """Which of ``queues`` hold a visible message: one read, no write lock (WAL readers
+        do not block writers), so that an empty queue costs no ``BEGIN IMMEDIATE``."""
+        if not queues:
+            return []
+        from sqlalchemy import bindparam, text
+
+        query = text(
+            "SELECT DISTINCT q.name FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
+            "WHERE m.visible = 1 AND q.name IN :names"
+        ).bindparams(bindparam("names", expanding=True))
+        with self._session_lock:
+            try:
+                found = {row[0] for row in self.session.execute(query, {"names": list(queues)})}
+            finally:
+                self.session.commit()  # ends the read: a later one sees newer rows
+        return [q for q in queues if q in found]
+
+    def _poll(self, cycle: Any, callback: Callable[..., Any], timeout: float | None = None) -> Any:
+        """Fetch from the first queue (in turn, for fairness) that the read says holds one."""
+        waiting = self._waiting_queues(self._active_queues)
+        if not waiting:
+            raise Empty()
+        self._turn = (getattr(self, "_turn", 0) + 1) % len(waiting)
+        for queue in waiting[self._turn :] + waiting[: self._turn]:
+            try:
+                return self._get_and_deliver(queue, callback)
+            except Empty:
+                continue  # another worker took it between the read and the fetch
+        raise Empty()
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        self._doorbell().listen(queue)  # before the first look: no ring may be missed
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._doorbell().forget(queue)
+        return result
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        super().basic_ack(delivery_tag, multiple=multiple)
+        self._doorbell().ring_self()  # a slot of the prefetch window is free again
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        super().basic_reject(delivery_tag, requeue=requeue)
+        self._doorbell().ring_self()
+
+    def _doorbell(self) -> Doorbell:
+        transport = self.connection
+        if not isinstance(transport, SqliteTransport):
+            raise RuntimeError("the embedded channel has no transport")
+        return transport.doorbell(wake_dir(self._database()))
 
     def _purge(self, queue: str) -> int:
         with self._session_lock:
@@ -124,7 +317,47 @@ class SqliteChannel(SqlAlchemyChannel):
 
 
 class SqliteTransport(SqlAlchemyTransport):
+    """``polling_interval`` is the fallback poll: how long a consumer waits for a ring
+    before it looks at SQLite anyway (a ring lost with a restarted process, say)."""
+
     Channel = SqliteChannel
+    polling_interval = DEFAULT_FALLBACK_POLL_S
+    _doorbell: Doorbell | None = None
+
+    def doorbell(self, wake: Path) -> Doorbell:
+        """This connection's doorbell, bound on first use (only consumers use one)."""
+        if self._doorbell is None:
+            self._doorbell = Doorbell(wake)
+        return self._doorbell
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]  # kombu-stubs' two bases disagree
+        """Deliver one message; between looks, wait for a ring instead of sleeping."""
+        began = monotonic()
+        cycle = self.cycle
+        if cycle is None:
+            raise RuntimeError("the embedded transport is closed")
+        while True:
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            left = None if timeout is None else timeout - (monotonic() - began)
+            if left is not None and left <= 0:
+                raise TimeoutError()  # socket.timeout, which Celery's loop expects
+            wait = self.polling_interval if left is None else min(left, self.polling_interval)
+            if self._doorbell is None:  # not consuming: nothing can ring
+                threading.Event().wait(wait)  # the stock transport's sleep between looks
+            else:
+                self._doorbell.wait(wait)
+
+    def close_connection(self, connection: Any) -> None:
+        try:
+            super().close_connection(connection)
+        finally:
+            if self._doorbell is not None:
+                self._doorbell.close()
+                self._doorbell = None
 
 
 def broker_url(data_dir: Path) -> str:
