@@ -17,7 +17,10 @@ import bentoml
 import numpy as np
 
 MAX_BATCH_SIZE = 32  # heavy_model.MAX_BATCH_SIZE: the same cap as our batcher's
-MAX_LATENCY_MS = 200  # BentoML's bound on a request's wait for its batch (not a target)
+# BentoML's adaptive batcher answers 503 to a request it expects to wait longer than this
+# (at 200 ms, 64 clients shed most heavy rows here: a batch of 32 takes ~160 ms); ours
+# queues instead, so the bound is set past any wait of the run.
+MAX_LATENCY_MS = 30_000
 
 
 def _session(path: str) -> Any:
