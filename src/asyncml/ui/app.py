@@ -521,9 +521,7 @@ def create_ui(settings: Settings, registry: Registry, parent: FastAPI) -> FastAP
 async def _form(request: Request) -> dict[str, str]:
     """A urlencoded form (what the pages and htmx send; the API's body limit applies);
     the first value of each field."""
-    if not request.headers.get("content-type", "").startswith(
-        "application/x-www-form-urlencoded"
-    ):
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
     body = (await request.body()).decode("utf-8", errors="replace")
     return {name: values[0] for name, values in parse_qs(body, keep_blank_values=True).items()}

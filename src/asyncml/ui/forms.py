@@ -67,7 +67,7 @@ def fields(schema: dict[str, Any]) -> list[FormField]:
             FormField(
                 name=name,
                 widget=widget,
-                label=str(prop.get("title") or name),
+                label=name,  # the API's name, as a client sends it
                 help=str(prop.get("description") or ""),
                 required=name in required,
                 choices=choices,

@@ -57,8 +57,8 @@
   });
   source.addEventListener("progress", (e) => {
     const d = JSON.parse(e.data);
-    if (d.total) progress.max = d.total;
-    progress.value = d.done;
+    if (d.total) progress.setAttribute("max", d.total);
+    progress.setAttribute("value", d.done); // the attribute: what tests and tools can read
     progressText.textContent = d.done + (d.total ? "/" + d.total : "") + " " + (d.message || "");
     addToTimeline("progress", d.at, progressText.textContent);
   });
