@@ -127,7 +127,7 @@ def notice(record: TaskRecord, event: Event) -> dict[str, Any]:
 
 def event_notice(event: TaskEvent) -> dict[str, Any]:
     """The body of an intermediate notice (progress, log, output): the event as streamed."""
-    return {"event": event.type, "id": event.task_id, "event_id": event.id, **event.wire()}
+    return {**event.wire(), "event": event.type, "id": event.task_id, "event_id": event.id}
 
 
 def retry_delay(settings: Settings, attempt: int) -> float:
@@ -152,7 +152,7 @@ def _post_intermediate(
     if settings.webhook_secret is None:
         return
     raw = json.dumps(body, separators=(",", ":")).encode()
-    msg_id = f"msg_{task_id}_{event}_{body.get('event_id') or body.get('at', '')}"
+    msg_id = f"msg_{task_id}_{event}_{body['event_id']}"
     headers = signed_headers(settings.webhook_secret.get_secret_value(), msg_id, raw)
     try:
         status = fetcher.post(url, raw, headers)

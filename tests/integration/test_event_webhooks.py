@@ -97,10 +97,8 @@ def test_progress_notices_are_signed_throttled_and_end_with_the_last_step(
     assert 2 <= len(progress) < 40, [n["done"] for n in progress]
     assert all(n["task_id"] == task_id and n["type"] == "progress" for n in progress)
     steps = [n["done"] for n in progress]
-    assert steps == sorted(steps) and steps[-1] == 40  # the latest step, before completed
-    # The last notice leaves with the task's end (the final flush, just before completed)
-    # however soon after the one before; every other pair is at least the throttle apart.
-    times = [datetime.fromisoformat(n["at"]) for n in progress[:-1]]
+    assert steps == sorted(steps)  # a step held back at the end is dropped: completed says it
+    times = [datetime.fromisoformat(n["at"]) for n in progress]
     gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
     assert min(gaps) >= THROTTLE_S - SLACK_S, gaps
     completed = notices[-1]
@@ -117,17 +115,10 @@ def test_a_fast_task_sends_fewer_notices_than_steps_and_always_completed(
     events = [n["event"] for n in notices]
     assert events.count("completed") == 1
     progress = [n for n in notices if n["event"] == "progress"]
-    assert 1 <= len(progress) <= 3, [n["done"] for n in progress]
-    assert progress[-1]["done"] == 200
+    assert 1 <= len(progress) <= 2, [n["done"] for n in progress]  # one per 500 ms
     assert notices[-1]["id"] == task_id and notices[-1]["status"] == "SUCCESS"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: webhooks.event_notice puts the task id in 'id', then TaskEvent.wire() "
-    "overwrites it with the event's id, which is '' (store ids are not set on the flushed "
-    "events), so 'id' and 'event_id' are both empty",
-)
 def test_a_progress_notice_names_its_task_like_every_notice(
     api: httpx.Client, receiver: Receiver
 ) -> None:
@@ -135,4 +126,4 @@ def test_a_progress_notice_names_its_task_like_every_notice(
     task_id = submit_steps(api, receiver.url(hook), steps=1, step_s=0.0)
     notices = notices_until_completed(receiver, hook)
     (progress,) = [n for n in notices if n["event"] == "progress"]
-    assert progress["id"] == task_id, json.dumps(progress)
+    assert progress["id"] == task_id and progress["event_id"], json.dumps(progress)

@@ -11,6 +11,7 @@ a stored event. A comment every 15 s keeps proxies from closing an idle stream.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -31,7 +32,7 @@ def open_streams() -> int:
     return _open_streams
 
 
-QUEUED_EVERY_S = 0.5  # how often a queued task's standing is read (and sent if changed)
+QUEUED_EVERY_S = 0.5  # a queued task's standing is read at most this often (when it moves)
 
 
 def with_standing(record: TaskRecord, standing: QueueStanding | None) -> TaskRecord:
@@ -59,33 +60,43 @@ async def task_events(
     store: AsyncTaskStore, record: TaskRecord, after: str | None
 ) -> AsyncIterator[dict[str, Any]]:
     """The stream's messages; ends after ``completed``. Cancelled when the client goes:
-    every registration it holds is released on the way out."""
+    every registration it holds is released on the way out.
+
+    While the task is queued, its standing is read on connect and again only when its
+    queue's order moves (a task of it starts or leaves), at most every ``QUEUED_EVERY_S``:
+    an idle stream costs no reads at all."""
     global _open_streams
     _open_streams += 1
     try:
         queued = record.status is TaskStatus.QUEUED
-        last_standing: tuple[int, int, float | None] | None = None
+        last_sent: tuple[int, int, float | None] | None = None
+        stale = queued  # the standing must be read (again)
+        read_at = -float("inf")
         while True:
-            if queued:
+            now = time.monotonic()
+            if queued and stale and now - read_at >= QUEUED_EVERY_S:
+                read_at, stale = now, False
                 standing = await store.standing(record)
-                if standing is not None:
-                    now = (standing.position, standing.running, standing.eta_s())
-                    if now != last_standing:
-                        last_standing = now
-                        event = TaskEvent(
-                            id=after or "0",
-                            task_id=record.id,
-                            type="queued",
-                            at=utcnow(),
-                            data={
-                                "position": standing.position,
-                                "ahead": standing.position + standing.running,
-                                "eta_s": standing.eta_s(),
-                            },
-                        )
-                        yield _sse(event, with_id=False)
-            wait_s = QUEUED_EVERY_S if queued else KEEPALIVE_S
-            for event in await store.wait_events(record.id, after, wait_s):
+                if standing is None:  # left its queue: its event says how, next pass
+                    current = await store.get(record.id)
+                    if current is None:
+                        return
+                    queued = current.status is TaskStatus.QUEUED
+                else:
+                    view = (standing.position, standing.running, standing.eta_s())
+                    if view != last_sent:
+                        last_sent = view
+                        yield _sse(_queued_event(record.id, after, standing), with_id=False)
+            if queued and stale:  # moved again too soon: look once the interval is over
+                wait_s = max(0.0, read_at + QUEUED_EVERY_S - time.monotonic())
+            else:
+                wait_s = KEEPALIVE_S
+            events = await store.wait_events(
+                record.id, after, wait_s, queue=record.queue if queued else None
+            )
+            if queued and not events:
+                stale = True  # woken by its queue moving (or by the timeout): read again
+            for event in events:
                 after = event.id
                 if event.type == "completed":
                     yield await _completed(store, event)
@@ -93,15 +104,22 @@ async def task_events(
                 if event.type == "started":
                     queued = False
                 yield _sse(event)
-            if queued and last_standing is not None:
-                # Not started, yet gone from its queue: cancelled (its completed event is
-                # read on the next pass) or its record expired.
-                current = await store.get(record.id)
-                if current is None:
-                    return
-                queued = current.status is TaskStatus.QUEUED
     finally:
         _open_streams -= 1
+
+
+def _queued_event(task_id: str, after: str | None, standing: QueueStanding) -> TaskEvent:
+    return TaskEvent(
+        id=after or "0",
+        task_id=task_id,
+        type="queued",
+        at=utcnow(),
+        data={
+            "position": standing.position,
+            "ahead": standing.position + standing.running,
+            "eta_s": standing.eta_s(),
+        },
+    )
 
 
 def build_router() -> APIRouter:

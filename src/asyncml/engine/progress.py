@@ -4,7 +4,8 @@ A task never waits on its watchers: ``TaskReporter`` only appends to a buffer in
 one flusher thread per worker process writes the buffers to the store every
 ``FLUSH_S`` (progress coalesced: the latest step wins within a flush), and hands the events
 a callback asked for to ``engine/notices.py``, throttled to one per ``WEBHOOK_EVERY_S`` per
-task (the latest wins; ``completed`` is never throttled: it is sent by the state change).
+task (the latest wins; one still held back when the task ends is dropped, since
+``completed``, never throttled, carries the final state).
 The runtime closes a reporter before it stores the outcome, so a task's events all come
 before its ``completed``.
 
@@ -106,14 +107,15 @@ class TaskReporter:
                 self._dropped = 0
             return taken
 
-    def webhook_to_send(self, flushed: list[TaskEvent], *, final: bool) -> TaskEvent | None:
-        """The latest event a callback asked for, if the throttle lets one go now."""
+    def webhook_to_send(self, flushed: list[TaskEvent]) -> TaskEvent | None:
+        """The latest event a callback asked for, if the throttle lets one go now. At the
+        task's end one still held back is dropped: ``completed`` carries the final state."""
         for event in flushed:
-            if event.type in self.webhook_events:
+            if event.type in self.webhook_events and event.id:
                 self._webhook_due = event
         now = time.monotonic()
         due = self._webhook_due
-        if due is None or (not final and now - self._webhook_sent_at < WEBHOOK_EVERY_S):
+        if due is None or now - self._webhook_sent_at < WEBHOOK_EVERY_S:
             return None
         self._webhook_due, self._webhook_sent_at = None, now
         return due
@@ -170,7 +172,7 @@ class EventFlusher:
             with self._lock:
                 self._reporters.pop(task_id, None)
                 reporter.closed = True
-            self._flush(reporter, final=True)
+            self._flush(reporter)
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
@@ -188,20 +190,22 @@ class EventFlusher:
             with self._lock:
                 reporters = list(self._reporters.values())
             for reporter in reporters:
-                self._flush(reporter, final=False)
+                self._flush(reporter)
 
-    def _flush(self, reporter: TaskReporter, *, final: bool) -> None:
+    def _flush(self, reporter: TaskReporter) -> None:
         with reporter.flushing:
-            self._write(reporter, final=final)
+            self._write(reporter)
 
-    def _write(self, reporter: TaskReporter, *, final: bool) -> None:
+    def _write(self, reporter: TaskReporter) -> None:
         events = reporter.take()
         try:
             if events:
-                self._store().add_events(reporter.task_id, events)
+                ids = self._store().add_events(reporter.task_id, events)
+                for event, given in zip(events, ids, strict=False):
+                    event.id = given
         except Exception as exc:  # the store is away: progress is lost, never the task
             log.warning("events of task %s not stored: %r", reporter.task_id, exc)
-        due = reporter.webhook_to_send(events, final=final)
+        due = reporter.webhook_to_send(events)
         if due is not None and self._send_event is not None:
             try:
                 self._send_event(reporter.task_id, due)

@@ -97,9 +97,9 @@ class TaskStore(Protocol):
         """``run_s``: how long the task ran, kept per kind for queue ETAs."""
         ...
 
-    def add_events(self, task_id: str, events: list[TaskEvent]) -> bool:
-        """Append events (ids given by the store) while the task is not final; the last
-        ``EVENTS_KEPT`` of a task are kept. False if it is final or gone."""
+    def add_events(self, task_id: str, events: list[TaskEvent]) -> list[str]:
+        """Append events while the task is not final; the ids the store gave them (none
+        if it is final or gone). The last ``EVENTS_KEPT`` of a task are kept."""
         ...
 
     def heartbeat(self, worker: WorkerInfo) -> None:
@@ -217,9 +217,10 @@ class AsyncTaskStore(Protocol):
         ...
 
     async def wait_events(
-        self, task_id: str, after: str | None, timeout_s: float
+        self, task_id: str, after: str | None, timeout_s: float, *, queue: str | None = None
     ) -> list[TaskEvent]:
-        """As ``events_after``, but wait up to ``timeout_s`` for one if there is none."""
+        """As ``events_after``, but wait up to ``timeout_s`` for one if there is none, or,
+        with ``queue``, until that queue's order moves (a task of it started or left it)."""
         ...
 
     async def standing(self, record: TaskRecord) -> QueueStanding | None:

@@ -29,13 +29,19 @@ from asyncml.store.base import Cancelled, heartbeat_fresh
 from asyncml.store.durability import StoreDurability
 from asyncml.store.notices import FinishNotices
 from asyncml.store.redis import codec, persistence, scripts
-from asyncml.store.redis.connection import async_retry, client_options, translated
+from asyncml.store.redis.connection import (
+    ASYNC_POOL_SIZE,
+    async_retry,
+    client_options,
+    translated,
+)
 from asyncml.store.redis.history import HistoryMixin
 from asyncml.store.redis.scripts import (
     CHANNEL_PREFIX,
     EVENT_CHANNEL_PREFIX,
     IDEMPOTENCY_PREFIX,
     KEY_PREFIX,
+    MOVE_CHANNEL_PREFIX,
     QUEUED_PREFIX,
     RUNNING_PREFIX,
     RUNS_PREFIX,
@@ -50,9 +56,18 @@ _LIST_SCAN_MAX = 5000  # index entries one list request may read before it retur
 class AsyncRedisTaskStore(HistoryMixin):
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
-        self._r = aioredis.Redis.from_url(url, **client_options(), retry=async_retry())
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=ASYNC_POOL_SIZE,
+            timeout=10,
+            retry=async_retry(),
+            **client_options(),
+        )
+        self._r = aioredis.Redis(connection_pool=pool)
+        self._r.auto_close_connection_pool = True  # aclose() closes the pool made here
         self._notices = FinishNotices()
         self._event_notices = FinishNotices()
+        self._move_notices = FinishNotices()  # by queue name
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self._cancel = self._r.register_script(scripts.CANCEL)
@@ -193,7 +208,12 @@ class AsyncRedisTaskStore(HistoryMixin):
         while not self._closing:
             try:
                 async with self._r.pubsub() as pubsub:
-                    await pubsub.psubscribe(CHANNEL_PREFIX + "*", EVENT_CHANNEL_PREFIX + "*")
+                    await pubsub.psubscribe(
+                        CHANNEL_PREFIX + "*", EVENT_CHANNEL_PREFIX + "*", MOVE_CHANNEL_PREFIX + "*"
+                    )
+                    # Notices published while unsubscribed are lost: every waiter looks again.
+                    for notices in (self._notices, self._event_notices, self._move_notices):
+                        notices.wake(notices.awaited())
                     while not self._closing:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=1.0
@@ -203,6 +223,8 @@ class AsyncRedisTaskStore(HistoryMixin):
                         channel = codec.decode(message["channel"])
                         if channel.startswith(EVENT_CHANNEL_PREFIX):
                             self._event_notices.wake([channel[len(EVENT_CHANNEL_PREFIX) :]])
+                        elif channel.startswith(MOVE_CHANNEL_PREFIX):
+                            self._move_notices.wake([channel[len(MOVE_CHANNEL_PREFIX) :]])
                         else:
                             self._notices.wake([channel.removeprefix(CHANNEL_PREFIX)])
             except asyncio.CancelledError:
@@ -223,22 +245,32 @@ class AsyncRedisTaskStore(HistoryMixin):
         return codec.parse_events(task_id, entries)
 
     async def wait_events(
-        self, task_id: str, after: str | None, timeout_s: float
+        self, task_id: str, after: str | None, timeout_s: float, *, queue: str | None = None
     ) -> list[TaskEvent]:
-        """Events after ``after``, waiting up to ``timeout_s`` for the first. Registered
-        before the read, so an event that lands in between wakes the wait."""
+        """Events after ``after``, waiting up to ``timeout_s`` for the first (or, with
+        ``queue``, for that queue's order to move: then possibly none). Registered before
+        the read, so an event that lands in between wakes the wait; the listener wakes
+        every waiter when it (re)subscribes, so none waits on a notice lost meanwhile."""
         self._ensure_listener()
-        with self._event_notices.registered(task_id) as notice:
+        with contextlib.ExitStack() as registered:
+            woken = [registered.enter_context(self._event_notices.registered(task_id))]
+            if queue:
+                woken.append(registered.enter_context(self._move_notices.registered(queue)))
             found = await self.events_after(task_id, after)
             if found or timeout_s <= 0:
                 return found
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(notice), min(timeout_s, 1.0))
+            await asyncio.wait(
+                [asyncio.shield(notice) for notice in woken],
+                timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             return await self.events_after(task_id, after)
 
     def watchers(self) -> int:
         """Requests waiting on a task's finish or events in this process (for tests)."""
-        return len(self._notices.awaited()) + len(self._event_notices.awaited())
+        return sum(
+            len(n.awaited()) for n in (self._notices, self._event_notices, self._move_notices)
+        )
 
     async def standing(self, record: TaskRecord) -> QueueStanding | None:
         """Where a QUEUED task stands in its queue; None if it is not queued."""

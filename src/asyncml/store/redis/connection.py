@@ -28,6 +28,12 @@ def client_options() -> dict[str, Any]:
     }
 
 
+# The API's async pool: event streams and long-polls read in bursts (a notice wakes many at
+# once); past this many connections a read waits for one (up to the socket timeout)
+# instead of failing with MaxConnectionsError, as the default pool does.
+ASYNC_POOL_SIZE = 64
+
+
 def sync_retry() -> Retry:
     """A pooled connection is dead after Redis restarts: reconnect and retry, briefly."""
     return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)

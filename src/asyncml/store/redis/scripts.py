@@ -23,6 +23,9 @@ DEAD_LETTER_PREFIX = "asyncml:dlq:"
 # "new events" (one pattern subscription per API process hears every task's).
 EVENTS_PREFIX = "asyncml:events:"
 EVENT_CHANNEL_PREFIX = "asyncml:ev:"
+# A queue's order moved (a task of it started, or left it unstarted): its queued tasks'
+# positions changed. Streams of queued tasks wait on it instead of reading their position.
+MOVE_CHANNEL_PREFIX = "asyncml:qmove:"
 EVENTS_KEPT = 1000
 # Queue standing: QUEUED and STARTED tasks per queue (sorted sets by submit time), recent
 # run times per kind (a list, newest first) and worker heartbeats (a hash).
@@ -41,16 +44,20 @@ local function unqueue(record)
   local queue = redis.call('HGET', record, 'queue')
   if queue then
     local id = redis.call('HGET', record, 'id')
-    redis.call('ZREM', 'asyncml:queued:' .. queue, id)
+    if redis.call('ZREM', 'asyncml:queued:' .. queue, id) == 1 then
+      redis.call('PUBLISH', 'asyncml:qmove:' .. queue, id)
+    end
     redis.call('ZREM', 'asyncml:running:' .. queue, id)
   end
 end
 local function event(record, kind, at, data, ttl)
   local id = redis.call('HGET', record, 'id')
   local stream = 'asyncml:events:' .. id
-  redis.call('XADD', stream, 'MAXLEN', '~', '1000', '*', 'type', kind, 'at', at, 'data', data)
+  local added = redis.call(
+    'XADD', stream, 'MAXLEN', '~', '1000', '*', 'type', kind, 'at', at, 'data', data)
   redis.call('EXPIRE', stream, ttl)
   redis.call('PUBLISH', 'asyncml:ev:' .. id, kind)
+  return added
 end
 """
 
@@ -67,6 +74,7 @@ if s == 'QUEUED' then
   if queue then
     local id = redis.call('HGET', KEYS[1], 'id')
     redis.call('ZREM', 'asyncml:queued:' .. queue, id)
+    redis.call('PUBLISH', 'asyncml:qmove:' .. queue, id)
     redis.call('ZADD', 'asyncml:running:' .. queue, ARGV[4], id)
     redis.call('EXPIRE', 'asyncml:running:' .. queue, ARGV[3])
   end
@@ -198,16 +206,18 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
-# KEYS[1] record; ARGV ttl, then (type, at, data) per event. Only while the task is not
-# final: an event that comes after the end (a late flush) would follow ``completed``.
+# KEYS[1] record; ARGV ttl, then (type, at, data) per event; returns the events' stream ids.
+# Only while the task is not final: an event after the end (a late flush) would follow
+# ``completed`` (none is added: an empty list).
 ADD_EVENTS = (
     _EVENTS
     + """
 local s = redis.call('HGET', KEYS[1], 'status')
-if s ~= 'QUEUED' and s ~= 'STARTED' then return 0 end
+if s ~= 'QUEUED' and s ~= 'STARTED' then return {} end
+local ids = {}
 for i = 2, #ARGV, 3 do
-  event(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[1])
+  ids[#ids + 1] = event(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[1])
 end
-return 1
+return ids
 """
 )

@@ -85,15 +85,15 @@ class RedisTaskStore:
             )
         return Cancelled(self.get(task_id), done=before == b"QUEUED")
 
-    def add_events(self, task_id: str, events: list[TaskEvent]) -> bool:
-        """Append to the task's stream while it is not final; False once it is (or gone)."""
+    def add_events(self, task_id: str, events: list[TaskEvent]) -> list[str]:
+        """Append to the task's stream while it is not final; the ids the stream gave."""
         if not events:
-            return True
+            return []
         with translated():
             added = self._add_events(
                 keys=[codec.key(task_id)], args=codec.event_args(events, self.ttl_s)
             )
-        return bool(added)
+        return codec.names(added or [])
 
     def heartbeat(self, worker: WorkerInfo) -> None:
         with translated():

@@ -39,6 +39,7 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
         self._store = store
         self._notices = FinishNotices()
         self._event_notices = FinishNotices()
+        self._move_notices = FinishNotices()  # by queue name
         self._event_seq = -1  # the newest event the watcher has seen (-1: not read yet)
         self._watcher: asyncio.Task[None] | None = None
 
@@ -93,19 +94,18 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        while self._notices or self._event_notices:
+        while self._notices or self._event_notices or self._move_notices:
             try:
                 if self._notices:
                     awaited = self._notices.awaited()
                     final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
                     self._notices.wake(final)
-                if self._event_notices:
-                    if self._event_seq < 0:
-                        self._event_seq = await anyio.to_thread.run_sync(self._store.last_event_seq)
-                    self._event_seq, moved = await anyio.to_thread.run_sync(
+                if self._event_notices or self._move_notices:
+                    self._event_seq, tasks, queues = await anyio.to_thread.run_sync(
                         self._store.events_since, self._event_seq
                     )
-                    self._event_notices.wake(moved)
+                    self._event_notices.wake(tasks)
+                    self._move_notices.wake(queues)
             except ServiceUnavailable:
                 pass  # a locked or missing file: the requests time out as usual
             await asyncio.sleep(self._WATCH_S)  # the polling interval: SQLite cannot notify
@@ -116,21 +116,31 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
         return await anyio.to_thread.run_sync(self._store.events_after, task_id, after, limit)
 
     async def wait_events(
-        self, task_id: str, after: str | None, timeout_s: float
+        self, task_id: str, after: str | None, timeout_s: float, *, queue: str | None = None
     ) -> list[TaskEvent]:
         """Registered before the read, so an event that lands in between wakes the wait
-        (the watcher reads every event written after it first looked)."""
-        with self._event_notices.registered(task_id) as notice:
+        (the watcher reports every event written after its watermark, read first)."""
+        if self._event_seq < 0:
+            self._event_seq = await anyio.to_thread.run_sync(self._store.last_event_seq)
+        with contextlib.ExitStack() as registered:
+            woken = [registered.enter_context(self._event_notices.registered(task_id))]
+            if queue:
+                woken.append(registered.enter_context(self._move_notices.registered(queue)))
             self._ensure_watcher()
             found = await self.events_after(task_id, after)
             if found or timeout_s <= 0:
                 return found
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(notice), min(timeout_s, 1.0))
+            await asyncio.wait(
+                [asyncio.shield(notice) for notice in woken],
+                timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             return await self.events_after(task_id, after)
 
     def watchers(self) -> int:
-        return len(self._notices.awaited()) + len(self._event_notices.awaited())
+        return sum(
+            len(n.awaited()) for n in (self._notices, self._event_notices, self._move_notices)
+        )
 
     async def standing(self, record: TaskRecord) -> QueueStanding | None:
         return await anyio.to_thread.run_sync(self._store.standing, record)

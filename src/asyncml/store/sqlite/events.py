@@ -25,26 +25,28 @@ class _Executes(Protocol):
 class EventsMixin:
     """For ``SqliteTaskStore``: everything here is one or two statements on its connection."""
 
-    def add_events(self: _Executes, task_id: str, events: list[TaskEvent]) -> bool:
+    def add_events(self: _Executes, task_id: str, events: list[TaskEvent]) -> list[str]:
         if not events:
-            return True
+            return []
         rows = [
             (one.type, one.at.isoformat(), json.dumps(one.data, separators=(",", ":")), task_id)
             for one in events
         ]
-        added = 0
+        added: list[str] = []
         for row in rows:  # each only while the task is not final (a late flush is dropped)
-            added += self._execute(
+            cur = self._execute(
                 "INSERT INTO events (task_id, type, at, data) SELECT id, ?, ?, ? FROM tasks "
                 "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
                 row,
-            ).rowcount
+            )
+            if cur.rowcount == 1:
+                added.append(str(cur.lastrowid))
         self._execute(
             "DELETE FROM events WHERE task_id = ? AND seq <= (SELECT seq FROM events "
             "WHERE task_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (task_id, task_id, EVENTS_KEPT),
         )
-        return added == len(rows)
+        return added
 
     def events_after(
         self: _Executes, task_id: str, after: str | None, limit: int = EVENTS_KEPT
@@ -66,13 +68,18 @@ class EventsMixin:
             for seq, kind, at, data in rows
         ]
 
-    def events_since(self: _Executes, seq: int) -> tuple[int, list[str]]:
-        """The newest event's sequence, and the tasks with events after ``seq``."""
+    def events_since(self: _Executes, seq: int) -> tuple[int, list[str], list[str]]:
+        """The newest event's sequence, the tasks with events after ``seq``, and the queues
+        whose order those events moved (a task of theirs started or ended)."""
         rows = self._execute(
-            "SELECT task_id, MAX(seq) FROM events WHERE seq > ? GROUP BY task_id", (seq,)
+            "SELECT e.task_id, MAX(e.seq), MAX(e.type IN ('started', 'completed')), t.queue "
+            "FROM events AS e LEFT JOIN tasks AS t ON t.id = e.task_id WHERE e.seq > ? "
+            "GROUP BY e.task_id",
+            (seq,),
         ).fetchall()
         newest = max((int(row[1]) for row in rows), default=seq)
-        return newest, [str(row[0]) for row in rows]
+        moved = sorted({str(row[3]) for row in rows if row[2] and row[3]})
+        return newest, [str(row[0]) for row in rows], moved
 
     def last_event_seq(self: _Executes) -> int:
         row = self._execute("SELECT MAX(seq) FROM events").fetchone()
