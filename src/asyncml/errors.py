@@ -184,10 +184,15 @@ class TaskTimeout(AsyncmlError):
 
 
 class FetchError(AsyncmlError):
-    """An outbound download failed: connection, status, timeout."""
+    """An outbound download failed: connection, status, timeout.
+
+    ``upstream_status`` is the status the server answered, when it answered one: a caller
+    tells a 416 (nothing in the range asked: an empty file) from a 404 by it.
+    """
 
     type = "fetch_failed"
     status_code = 502
+    upstream_status: int | None = None
 
 
 class FetchBlocked(FetchError):

@@ -148,3 +148,23 @@ def test_benchmark_kinds_are_served_only_when_enabled(tmp_path: Path) -> None:
         "debug.audio_decode",
         "debug.steps",
     }
+
+
+def test_server_that_ignores_range_is_asked_once_per_task(
+    range_server: RangeServer, ctx: TaskContext, tmp_path: Path
+) -> None:
+    # Its 200 carries the whole file: measured from that response, not downloaded again.
+    path = write_audio(tmp_path / "long.wav", seconds=30.0, sample_rate=16000)
+    range_server.ranges = False
+    out = measure(range_server.url("long.wav"), ctx)
+    assert out.audio_length == pytest.approx(30.0, abs=0.001)
+    assert range_server.sent == [("/long.wav", path.stat().st_size)]
+
+
+def test_wav_smaller_than_the_head_is_asked_once(
+    range_server: RangeServer, ctx: TaskContext, tmp_path: Path
+) -> None:
+    path = write_audio(tmp_path / "short.wav", seconds=0.5, sample_rate=16000)
+    out = measure(range_server.url("short.wav"), ctx)
+    assert out.audio_length == pytest.approx(0.5, abs=0.001)
+    assert range_server.sent == [("/short.wav", path.stat().st_size)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import tempfile
 import threading
 import time
@@ -127,9 +128,97 @@ def serve_samples(port: int, dates: list[date]) -> Iterator[list[str]]:
             server.server_close()
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    """A static file handler that honours one ``Range: bytes=a-b`` (206 + Content-Range).
+
+    ``http.server`` ignores Range: audio.length then gets a whole file where it asked for
+    64 KiB. A client that closes early (it has what it needs) ends the request quietly,
+    not with a ConnectionResetError traceback that looks like a failure.
+    """
+
+    _left: int | None = None  # bytes of the range still to send; None: the whole file
+
+    def send_head(self) -> Any:  # Any: http.server's own (a file object or None)
+        wanted = _RANGE.match(self.headers.get("Range", "").strip())
+        path = Path(self.translate_path(self.path))
+        if wanted is None or not path.is_file() or not (wanted[1] or wanted[2]):
+            return super().send_head()
+        size = path.stat().st_size
+        if wanted[1]:
+            first = int(wanted[1])
+            last = min(int(wanted[2]), size - 1) if wanted[2] else size - 1
+        else:  # bytes=-N: the last N bytes
+            first, last = max(0, size - int(wanted[2])), size - 1
+        if first >= size or first > last:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        body = path.open("rb")
+        body.seek(first)
+        self.send_response(206)
+        self.send_header("Content-Type", self.guess_type(str(path)))
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self._left = last - first + 1
+        return body
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        left = getattr(self, "_left", None)
+        try:
+            if left is None:
+                super().copyfile(source, outputfile)
+                return
+            while left > 0 and (chunk := source.read(min(left, 64 * 1024))):
+                outputfile.write(chunk)
+                left -= len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            self._left = None
+
+
+class _QuietHandler(RangeHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+@app.command("serve-files")
+def serve_files(
+    directory: Annotated[
+        Path,
+        typer.Argument(exists=True, file_okay=False, help="The folder to serve."),
+    ],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9000,
+) -> None:
+    """Serve a folder on loopback with HTTP Range, for audio URLs in a demo; Ctrl-C stops.
+
+    ``python3 -m http.server`` ignores Range, so audio.length downloads each whole file;
+    this server answers a WAV's first 64 KiB with 206, and logs each request (status 206
+    shows the Range path at work)."""
+    handler = partial(RangeHandler, directory=str(directory))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as exc:
+        err_console.print(f"[red]cannot listen on 127.0.0.1:{port}:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
+    err_console.print(
+        f"serving {directory} on http://127.0.0.1:{port}/ (Range honoured); Ctrl-C stops. "
+        "The service fetches from it with ASYNCML_FETCH_ALLOW_LOOPBACK=true.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 async def run_jobs(

@@ -34,12 +34,18 @@ from asyncml.settings import Settings
 
 @dataclass(frozen=True)
 class Downloaded:
-    """A body saved to disk; ``final_url`` is the last hop, without credentials."""
+    """A body saved to disk; ``final_url`` is the last hop, without credentials.
+
+    ``status_code`` and ``content_range`` tell a ranged request's answer: 206 with
+    ``bytes a-b/total`` for the range, or 200 when the server ignored Range and sent it all.
+    """
 
     path: Path
     size: int
     content_type: str | None
     final_url: str
+    status_code: int = 200
+    content_range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,17 @@ class Fetcher:
             allow_private=settings.fetch_allow_private,
         )
 
-    def download(self, url: str, dest: Path) -> Downloaded:
-        """Stream ``url`` into ``dest``; on failure ``dest`` is removed and a FetchError raised."""
+    def download(
+        self, url: str, dest: Path, *, headers: Mapping[str, str] | None = None
+    ) -> Downloaded:
+        """Stream ``url`` into ``dest``; on failure ``dest`` is removed and a FetchError raised.
+
+        ``headers`` go with every hop, e.g. a ``Range``: whatever the server answers (the
+        range, or the whole file when it ignores Range) is saved, so one request serves both.
+        """
         deadline = self._deadline()
         current = _parse_url(url)
-        with self._client(deadline) as client:
+        with self._client(deadline, headers) as client:
             for _hop in range(self.max_redirects + 1):
                 next_url = self._one_hop(client, current, dest, deadline)
                 if isinstance(next_url, Downloaded):
@@ -236,7 +248,9 @@ class Fetcher:
             if response.has_redirect_location and response.next_request is not None:
                 return response.next_request.url
             if not response.is_success:
-                raise FetchError(f"HTTP {response.status_code} from {shown}")
+                error = FetchError(f"HTTP {response.status_code} from {shown}")
+                error.upstream_status = response.status_code
+                raise error
             return self._save(response, dest, deadline, shown)
         finally:
             response.close()
@@ -283,6 +297,8 @@ class Fetcher:
             size=size,
             content_type=response.headers.get("content-type"),
             final_url=shown,
+            status_code=response.status_code,
+            content_range=response.headers.get("content-range"),
         )
 
     @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -10,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, HttpUrl
 
-from asyncml.errors import FetchBlocked, FetchError
+from asyncml.errors import FetchError
 from asyncml.kinds import Classic, Limits, TaskContext, task_kind
 from asyncml.tasks._audio_errors import AudioError, AudioNotAudio, AudioTruncated
 
@@ -22,34 +21,41 @@ _CONTENT_RANGE = re.compile(r"^bytes 0-(\d+)/(\d+)$")
 _COMPRESSED = {".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac"}
 
 
-def _probe_head(ctx: TaskContext, url: str) -> AudioInfo | None:
-    """Ask for the first 64 KiB only (HTTP Range); the length if the head settles it.
+def _measure(ctx: TaskContext, url: str) -> AudioInfo:
+    """Ask for the first 64 KiB only (HTTP Range); fetch the whole file only when needed.
 
     An uncompressed WAV's header says how much audio follows, and the server's
     ``Content-Range`` says how much there is: a 300 s file costs one small request instead
-    of a 50 MB download. Anything else (a server that ignores Range, a compressed format, a
-    head that does not settle it, any error) returns None and the whole file is fetched,
-    which reports errors as usual. A refused destination is refused here already.
+    of a 50 MB download. A server that ignores Range answers 200 with the whole file: that
+    same response is saved and measured, never downloaded a second time. Only a head that
+    does not settle it (not a WAV, a WAV whose head lies) costs a second, whole download; a
+    compressed format (its length is not in the head) is fetched whole at once.
     """
     from asyncml.tasks._probe import probe_audio, probe_wav_head
+    from asyncml.tasks._probe.info import NOT_AUDIO
 
+    dest = ctx.scratch_dir() / "audio"
     if PurePosixPath(urlsplit(url).path).suffix.lower() in _COMPRESSED:
-        return None  # their length is not in the head: fetch the whole file at once
-    fetcher = dataclasses.replace(ctx.fetcher, max_bytes=HEAD_BYTES)
+        whole = ctx.fetcher.download(url, dest)
+        return probe_audio(whole.path, whole.content_type)
     try:
-        got = fetcher.get(url, headers={"Range": f"bytes=0-{HEAD_BYTES - 1}"})
-    except FetchBlocked:
+        got = ctx.fetcher.download(url, dest, headers={"Range": f"bytes=0-{HEAD_BYTES - 1}"})
+    except FetchError as exc:
+        if exc.upstream_status == 416:  # no byte 0 to send: the file is empty
+            raise AudioNotAudio(f"the file is empty (0 bytes): {NOT_AUDIO}") from exc
         raise
-    except FetchError:
-        return None  # e.g. a server that ignored Range and sent more than the head
-    match = _CONTENT_RANGE.match(got.headers.get("content-range", ""))
+    match = _CONTENT_RANGE.match(got.content_range or "")
     if got.status_code == 206 and match is not None:
-        return probe_wav_head(got.content, int(match.group(2)))
-    if got.status_code == 200 and got.content:  # the whole file fitted in the head's budget
-        whole = ctx.scratch_dir() / "head"
-        whole.write_bytes(got.content)
-        return probe_audio(whole, got.headers.get("content-type"))
-    return None
+        last, total = int(match.group(1)), int(match.group(2))
+        if last + 1 >= total:  # the range held the whole file
+            return probe_audio(got.path, got.content_type)
+        info = probe_wav_head(got.path.read_bytes(), total)
+        if info is not None:
+            return info
+    elif got.status_code != 206:  # Range ignored: this response is the whole file
+        return probe_audio(got.path, got.content_type)
+    whole = ctx.fetcher.download(url, dest)
+    return probe_audio(whole.path, whole.content_type)
 
 
 class AudioLengthIn(BaseModel):
@@ -77,12 +83,7 @@ def audio_length(inp: AudioLengthIn, ctx: TaskContext) -> AudioLengthOut:
     the header's claim is checked against the bytes received, and only formats whose
     header has no length are decoded in full.
     """
-    from asyncml.tasks._probe import probe_audio  # soundfile loads only in workers
-
-    info = _probe_head(ctx, str(inp.audio_url))
-    if info is None:
-        downloaded = ctx.fetcher.download(str(inp.audio_url), ctx.scratch_dir() / "audio")
-        info = probe_audio(downloaded.path, downloaded.content_type)
+    info = _measure(ctx, str(inp.audio_url))  # soundfile loads only in workers
     return AudioLengthOut(
         audio_length=info.duration_s,
         sample_rate=info.sample_rate,
