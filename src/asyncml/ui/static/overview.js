@@ -24,12 +24,12 @@
   draw("chart-finished", [{ label: "finished", stroke: "#2b5797", fill: "rgba(43,87,151,.15)" }], [data.finished]);
   draw(
     "chart-run",
-    [{ label: "p50", stroke: "#2b8a3e", spanGaps: true }, { label: "p95", stroke: "#c92a2a", spanGaps: true }],
+    [{ label: "p50", stroke: "#2b8a3e", spanGaps: true, points: { show: true, size: 6 } }, { label: "p95", stroke: "#c92a2a", spanGaps: true, points: { show: true, size: 6 } }],
     data.run
   );
   draw(
     "chart-wait",
-    [{ label: "p50", stroke: "#2b8a3e", spanGaps: true }, { label: "p95", stroke: "#c92a2a", spanGaps: true }],
+    [{ label: "p50", stroke: "#2b8a3e", spanGaps: true, points: { show: true, size: 6 } }, { label: "p95", stroke: "#c92a2a", spanGaps: true, points: { show: true, size: 6 } }],
     data.wait
   );
 })();
