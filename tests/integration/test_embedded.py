@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +160,55 @@ def test_task_of_a_killed_embedded_worker_is_recovered_by_the_next_up(
     files.gate_open.set()
     with httpx.Client(base_url=base_url, timeout=40) as api:
         assert wait_final(api, task_id)["status"] == "SUCCESS"
+
+
+# The longest fallback poll there is: Celery's loop also ends each wait after 2 s, so an
+# idle worker looks at SQLite every 2 s at most; a wake-up must come far sooner than that.
+_FALLBACK_S = 5.0
+_LOOP_S = 2.0
+_PROMPT_S = 1.0
+
+
+def _echo_seconds(api: httpx.Client) -> float:
+    """Submit one debug.echo and long-poll it: seconds from submit to its result."""
+    began = time.monotonic()
+    task_id = api.post("/v1/tasks/debug.echo", json={"payload": {"n": 1}}).json()["id"]
+    assert wait_final(api, task_id)["status"] == "SUCCESS"
+    return time.monotonic() - began
+
+
+@pytest.fixture
+def idle_up(embedded: tuple[Launcher, str]) -> Iterator[tuple[httpx.Client, Path]]:
+    """`asyncml up` (echo served, no model worker) whose worker is ready and has run a task."""
+    launch, base_url = embedded
+    launch.env.update(
+        ASYNCML_EMBEDDED_POLL_INTERVAL_S=str(_FALLBACK_S),
+        ASYNCML_DEBUG_KINDS="true",
+        ASYNCML_MODELS_BUNDLED="false",
+    )
+    up = launch("up", ["up", "--concurrency", "1"])
+    up.wait_for_line(" ready.", timeout=60)
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        _echo_seconds(api)  # the worker's first task: imports, connections
+        yield api, Path(launch.env["ASYNCML_DATA_DIR"])
+
+
+def test_idle_up_runs_each_new_task_at_once_not_at_its_fallback_poll(
+    idle_up: tuple[httpx.Client, Path],
+) -> None:
+    api, _ = idle_up
+    # Each task arrives while the worker waits; only polled, half would wait over a second.
+    took = [_echo_seconds(api) for _ in range(6)]
+    assert max(took) < _PROMPT_S, took
+
+
+def test_task_whose_wake_up_was_missed_runs_at_the_fallback_poll(
+    idle_up: tuple[httpx.Client, Path],
+) -> None:
+    api, data_dir = idle_up
+    shutil.rmtree(data_dir / "wake")  # the workers' registrations gone: nobody is woken
+    assert _echo_seconds(api) < _LOOP_S + 10
+    # The fallback poll also put the registration back: wake-ups work again.
+    assert (data_dir / "wake" / "debug").is_dir()
+    assert _echo_seconds(api) < _PROMPT_S

@@ -117,6 +117,16 @@ class Doorbell:
         (folder / self.token).touch()
         self._queues.add(queue)
 
+    def renew(self) -> None:
+        """Put back a registration that went missing (a cleaned data folder): cheap enough
+        for every fallback poll, and it ends the fallback-only state without a restart."""
+        for queue in self._queues:
+            path = self._wake / queue / self.token
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.touch()
+
     def forget(self, queue: str) -> None:
         self._queues.discard(queue)
         with contextlib.suppress(OSError):
@@ -348,8 +358,8 @@ class SqliteTransport(SqlAlchemyTransport):
             wait = self.polling_interval if left is None else min(left, self.polling_interval)
             if self._doorbell is None:  # not consuming: nothing can ring
                 threading.Event().wait(wait)  # the stock transport's sleep between looks
-            else:
-                self._doorbell.wait(wait)
+            elif not self._doorbell.wait(wait):
+                self._doorbell.renew()
 
     def close_connection(self, connection: Any) -> None:
         try:
