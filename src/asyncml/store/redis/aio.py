@@ -7,7 +7,6 @@ finish that lands between the read and the wait is never missed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import datetime
@@ -27,7 +26,7 @@ from asyncml.records import (
 )
 from asyncml.store.base import Cancelled, heartbeat_fresh
 from asyncml.store.durability import StoreDurability
-from asyncml.store.notices import FinishNotices
+from asyncml.store.notices import EventWatch, FinishNotices
 from asyncml.store.redis import codec, persistence, scripts
 from asyncml.store.redis.connection import (
     ASYNC_POOL_SIZE,
@@ -66,8 +65,7 @@ class AsyncRedisTaskStore(HistoryMixin):
         self._r = aioredis.Redis(connection_pool=pool)
         self._r.auto_close_connection_pool = True  # aclose() closes the pool made here
         self._notices = FinishNotices()
-        self._event_notices = FinishNotices()
-        self._move_notices = FinishNotices()  # by queue name
+        self._watch_events = EventWatch()
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self._cancel = self._r.register_script(scripts.CANCEL)
@@ -212,7 +210,11 @@ class AsyncRedisTaskStore(HistoryMixin):
                         CHANNEL_PREFIX + "*", EVENT_CHANNEL_PREFIX + "*", MOVE_CHANNEL_PREFIX + "*"
                     )
                     # Notices published while unsubscribed are lost: every waiter looks again.
-                    for notices in (self._notices, self._event_notices, self._move_notices):
+                    for notices in (
+                        self._notices,
+                        self._watch_events.events,
+                        self._watch_events.moves,
+                    ):
                         notices.wake(notices.awaited())
                     while not self._closing:
                         message = await pubsub.get_message(
@@ -222,9 +224,9 @@ class AsyncRedisTaskStore(HistoryMixin):
                             continue
                         channel = codec.decode(message["channel"])
                         if channel.startswith(EVENT_CHANNEL_PREFIX):
-                            self._event_notices.wake([channel[len(EVENT_CHANNEL_PREFIX) :]])
+                            self._watch_events.events.wake([channel[len(EVENT_CHANNEL_PREFIX) :]])
                         elif channel.startswith(MOVE_CHANNEL_PREFIX):
-                            self._move_notices.wake([channel[len(MOVE_CHANNEL_PREFIX) :]])
+                            self._watch_events.moves.wake([channel[len(MOVE_CHANNEL_PREFIX) :]])
                         else:
                             self._notices.wake([channel.removeprefix(CHANNEL_PREFIX)])
             except asyncio.CancelledError:
@@ -252,25 +254,13 @@ class AsyncRedisTaskStore(HistoryMixin):
         the read, so an event that lands in between wakes the wait; the listener wakes
         every waiter when it (re)subscribes, so none waits on a notice lost meanwhile."""
         self._ensure_listener()
-        with contextlib.ExitStack() as registered:
-            woken = [registered.enter_context(self._event_notices.registered(task_id))]
-            if queue:
-                woken.append(registered.enter_context(self._move_notices.registered(queue)))
-            found = await self.events_after(task_id, after)
-            if found or timeout_s <= 0:
-                return found
-            await asyncio.wait(
-                [asyncio.shield(notice) for notice in woken],
-                timeout=timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            return await self.events_after(task_id, after)
+        return await self._watch_events.wait(
+            task_id, queue, timeout_s, lambda: self.events_after(task_id, after)
+        )
 
     def watchers(self) -> int:
         """Requests waiting on a task's finish or events in this process (for tests)."""
-        return sum(
-            len(n.awaited()) for n in (self._notices, self._event_notices, self._move_notices)
-        )
+        return len(self._notices.awaited()) + len(self._watch_events)
 
     async def standing(self, record: TaskRecord) -> QueueStanding | None:
         """Where a QUEUED task stands in its queue; None if it is not queued."""

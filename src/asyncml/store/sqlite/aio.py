@@ -25,7 +25,7 @@ from asyncml.records import (
 )
 from asyncml.store.base import EVENTS_KEPT, Cancelled
 from asyncml.store.durability import StoreDurability
-from asyncml.store.notices import FinishNotices
+from asyncml.store.notices import EventWatch, FinishNotices
 from asyncml.store.sqlite.history import AsyncHistoryMixin
 from asyncml.store.sqlite.sync import SqliteTaskStore
 
@@ -38,8 +38,7 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
     def __init__(self, store: SqliteTaskStore) -> None:
         self._store = store
         self._notices = FinishNotices()
-        self._event_notices = FinishNotices()
-        self._move_notices = FinishNotices()  # by queue name
+        self._watch_events = EventWatch()
         self._event_seq = -1  # the newest event the watcher has seen (-1: not read yet)
         self._watcher: asyncio.Task[None] | None = None
 
@@ -94,18 +93,18 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        while self._notices or self._event_notices or self._move_notices:
+        while self._notices or self._watch_events:
             try:
                 if self._notices:
                     awaited = self._notices.awaited()
                     final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
                     self._notices.wake(final)
-                if self._event_notices or self._move_notices:
+                if self._watch_events:
                     self._event_seq, tasks, queues = await anyio.to_thread.run_sync(
                         self._store.events_since, self._event_seq
                     )
-                    self._event_notices.wake(tasks)
-                    self._move_notices.wake(queues)
+                    self._watch_events.events.wake(tasks)
+                    self._watch_events.moves.wake(queues)
             except ServiceUnavailable:
                 pass  # a locked or missing file: the requests time out as usual
             await asyncio.sleep(self._WATCH_S)  # the polling interval: SQLite cannot notify
@@ -122,25 +121,13 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
         (the watcher reports every event written after its watermark, read first)."""
         if self._event_seq < 0:
             self._event_seq = await anyio.to_thread.run_sync(self._store.last_event_seq)
-        with contextlib.ExitStack() as registered:
-            woken = [registered.enter_context(self._event_notices.registered(task_id))]
-            if queue:
-                woken.append(registered.enter_context(self._move_notices.registered(queue)))
-            self._ensure_watcher()
-            found = await self.events_after(task_id, after)
-            if found or timeout_s <= 0:
-                return found
-            await asyncio.wait(
-                [asyncio.shield(notice) for notice in woken],
-                timeout=timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            return await self.events_after(task_id, after)
+        self._ensure_watcher()  # it first runs after the wait below has registered
+        return await self._watch_events.wait(
+            task_id, queue, timeout_s, lambda: self.events_after(task_id, after)
+        )
 
     def watchers(self) -> int:
-        return sum(
-            len(n.awaited()) for n in (self._notices, self._event_notices, self._move_notices)
-        )
+        return len(self._notices.awaited()) + len(self._watch_events)
 
     async def standing(self, record: TaskRecord) -> QueueStanding | None:
         return await anyio.to_thread.run_sync(self._store.standing, record)
