@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -311,30 +312,44 @@ async def _v2_closed_loop(
     result.started = time.perf_counter()
     stop_at = result.started + seconds
     counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=MODEL_CLIENTS, max_keepalive_connections=MODEL_CLIENTS)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        while time.perf_counter() < stop_at:
-            body = _v2_body(make_input(next(counter)))
-            sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
-            result.requests += 1
-            try:
-                response = await client.post(f"/v2/models/{name}/infer", json=body)
-            except httpx.HTTPError as exc:
-                result.errors[type(exc).__name__] += 1
-                continue
-            sample.submit_end = sample.seen = time.perf_counter()
-            result.samples.append(sample)
-            if response.status_code == 200:
-                sample.status = "SUCCESS"
-                batch = response.json().get("parameters", {}).get("batch_size")
-                sample.batch_size = batch if isinstance(batch, int) else None
-            else:
-                sample.status = "FAILURE"
-                result.errors[f"http_{response.status_code}"] += 1
+    async def client_loop() -> None:
+        # One client (one keep-alive connection) per simulated client, as the /v1 loops
+        # do: a shared client scans its pool on every request, and that cost the load
+        # generator more CPU per task than the service spends (e27101c).
+        async with httpx.AsyncClient(base_url=base_url, timeout=40) as client:
+            await _v2_requests(client, name, make_input, counter, stop_at, result)
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=40, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(MODEL_CLIENTS)))
+    await asyncio.gather(*(client_loop() for _ in range(MODEL_CLIENTS)))
     result.ended = time.perf_counter()
     result.stopped_by = "deadline"
     return result
+
+
+async def _v2_requests(
+    client: httpx.AsyncClient,
+    name: str,
+    make_input: MakeInput,
+    counter: Iterator[int],
+    stop_at: float,
+    result: LoadResult,
+) -> None:
+    """One simulated client's infers, one after the other, until ``stop_at``."""
+    while time.perf_counter() < stop_at:
+        body = _v2_body(make_input(next(counter)))
+        sample = Sample(submit_start=time.perf_counter(), submit_end=0.0)
+        result.requests += 1
+        try:
+            response = await client.post(f"/v2/models/{name}/infer", json=body)
+        except httpx.HTTPError as exc:
+            result.errors[type(exc).__name__] += 1
+            continue
+        sample.submit_end = sample.seen = time.perf_counter()
+        result.samples.append(sample)
+        if response.status_code == 200:
+            sample.status = "SUCCESS"
+            batch = response.json().get("parameters", {}).get("batch_size")
+            sample.batch_size = batch if isinstance(batch, int) else None
+        else:
+            sample.status = "FAILURE"
+            result.errors[f"http_{response.status_code}"] += 1
