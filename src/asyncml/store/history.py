@@ -43,22 +43,24 @@ def kept_input(payload: dict[str, Any]) -> str:
 
 
 def summary_member(task: FinishedTask) -> str:
-    """The Redis finished index's member for ``task`` (the Lua builds the same)."""
+    """The Redis finished index's member for ``task`` (its Lua builds the same):
+    ``id|status|kind|wait_s|run_s|error type|finished_at``."""
     wait = "" if task.wait_s is None else f"{task.wait_s:.3f}"
     run = "" if task.run_s is None else f"{task.run_s:.3f}"
-    return "|".join((task.task_id, task.status, task.kind, wait, run, task.error_type))
+    fields = (task.task_id, task.status, task.kind, wait, run, task.error_type)
+    return "|".join((*fields, f"{task.finished_at:.3f}"))
 
 
-def parse_summary(member: str, finished_at: float) -> FinishedTask | None:
+def parse_summary(member: str) -> FinishedTask | None:
     parts = member.split("|")
-    if len(parts) != 6:
+    if len(parts) != 7:
         return None
-    task_id, status, kind, wait, run, error_type = parts
+    task_id, status, kind, wait, run, error_type, finished_at = parts
     return FinishedTask(
         task_id=task_id,
         status=status,
         kind=kind,
-        finished_at=finished_at,
+        finished_at=float(finished_at),
         wait_s=float(wait) if wait else None,
         run_s=float(run) if run else None,
         error_type=error_type,

@@ -7,7 +7,7 @@ them in ``scripts.py``), so they cost no round trip of their own:
   owner's own index is ``asyncml:owner:<owner>``); trimmed past twice the result TTL, and
   ids whose record expired are dropped as a listing meets them.
 - ``asyncml:hist:finished``: one short member per final task, scored by finish time:
-  ``id|status|kind|wait_s|run_s|error type``. The last hour's charts read a score range
+  ``id|status|kind|wait_s|run_s|error type|finished_at``. The last hour's charts read a score range
   and never touch the records.
 - the record's ``submitted_ts`` and ``started_ts`` fields (epoch seconds), which let the
   finish script say how long the task waited and ran.
@@ -58,11 +58,10 @@ class HistoryMixin:
         )
 
     async def finished_since(self: _Walks, since: datetime) -> list[FinishedTask]:
+        # Members carry their finish time: read without scores, half the replies to parse.
         with translated():
-            entries = await self._r.zrangebyscore(
-                FINISHED, since.timestamp(), "+inf", withscores=True
-            )
-        found = (parse_summary(codec.decode(member), float(score)) for member, score in entries)
+            members = await self._r.zrangebyscore(FINISHED, since.timestamp(), "+inf")
+        found = (parse_summary(codec.decode(member)) for member in members)
         return [task for task in found if task is not None]
 
     async def queue_depths(self: _Walks, queues: list[str]) -> dict[str, int]:

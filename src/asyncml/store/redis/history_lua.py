@@ -41,7 +41,8 @@ local function history_on_finish(record, status, err, run, ttl)
     if ok and type(body) == 'table' and type(body.type) == 'string' then etype = body.type end
   end
   local member = table.concat({redis.call('HGET', record, 'id'), status,
-    redis.call('HGET', record, 'kind') or '', wait, run, etype}, '|')
+    redis.call('HGET', record, 'kind') or '', wait, run, etype,
+    string.format('%.3f', now)}, '|')
   redis.call('ZADD', 'asyncml:hist:finished', now, member)
   redis.call('ZREMRANGEBYSCORE', 'asyncml:hist:finished', '-inf', now - tonumber(ttl))
   redis.call('EXPIRE', 'asyncml:hist:finished', ttl)
