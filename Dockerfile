@@ -22,16 +22,17 @@ ENV UV_COMPILE_BYTECODE=1 \
 
 WORKDIR /src
 
-# Dependencies first, from the lock file alone: this layer survives source edits.
+# Dependencies first, from the lock file alone: this layer survives source edits. Every
+# extra: the image runs every role (flower too) and every model format.
 COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project
+    uv sync --frozen --no-dev --all-extras --no-install-project
 
 # Then the project itself, as a real install (not editable: /src stays behind).
 COPY README.md ./
 COPY src ./src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --all-extras --no-editable
 
 # --- runtime: the venv on a clean slim base, no uv, no pip cache, no compiler ---------------
 FROM python:3.11-slim-bookworm AS runtime

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Install the project into .venv from the lock file, installing uv first if it is missing.
 # Needs only python3 (3.11+) with pip: what a fresh machine has.
+#
+#   scripts/bootstrap.sh         everything: the dev tools and every extra (tests, checks)
+#   scripts/bootstrap.sh --run   what `make run` serves with: no dev tools, no extras (about
+#                                220 MB); what is installed already is kept, not removed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +19,10 @@ else
     uv=(python3 -m uv)
 fi
 
-"${uv[@]}" sync --frozen --quiet
+if [[ ${1:-} == --run ]]; then
+    sync=(--no-dev --inexact)
+else
+    sync=(--all-extras)
+fi
+"${uv[@]}" sync --frozen --quiet "${sync[@]}"
 echo "bootstrap: .venv is ready ($("${uv[@]}" --version))" >&2

@@ -15,6 +15,7 @@ and the client maps ``type`` back to the class::
     ├── RateLimited           429  too many requests; retry after a while
     ├── TaskFailed            (client side) the task ended in FAILURE; carries the task
     ├── TaskTimeout           504  the task ran past its time limit
+    ├── ExtraMissing          501  the path needs an extra that is not installed
     └── FetchError            502  an outbound download failed
         ├── FetchBlocked      403  the URL points at an address we refuse to reach
         │                          (type ``blocked_destination``)
@@ -174,6 +175,13 @@ class TaskFailed(AsyncmlError):
         """``fetch_failed: HTTP 404 from ...``: the type is what a program branches on, and a
         traceback showing only the message hid it."""
         return f"{self.error_type}: {self.message}" if self.error_type else self.message
+
+
+class ExtraMissing(AsyncmlError):
+    """The request needs an optional part of the install (an extra) that is not installed."""
+
+    type = "extra_missing"
+    status_code = 501
 
 
 class TaskTimeout(AsyncmlError):

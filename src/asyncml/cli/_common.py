@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperOption
 
 from asyncml.errors import (
@@ -95,7 +96,8 @@ def fail(exc: AsyncmlError, as_json: bool = False) -> typer.Exit:
     if as_json:
         sys.stdout.write(json.dumps(exc.to_body()) + "\n")
     else:
-        err_console.print(f"[red]{exc.type}:[/red] {exc.message}", highlight=False)
+        # escaped: a message may hold brackets ("the [decode] extra") that rich would eat
+        err_console.print(f"[red]{exc.type}:[/red] {escape(exc.message)}", highlight=False)
     return typer.Exit(exit_for(exc))
 
 

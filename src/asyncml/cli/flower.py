@@ -10,9 +10,11 @@ import ipaddress
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from asyncml.cli._common import EXIT_USAGE, app, console, err_console, load_settings
 from asyncml.engine.config import broker_url
+from asyncml.extras import extra_hint, has_extra_module
 from asyncml.registry import build_registry
 from asyncml.settings import Settings, redact_url
 
@@ -104,6 +106,10 @@ def flower(
     from asyncml.engine import make_celery
     from asyncml.logging import configure_logging
 
+    if not has_extra_module("flower"):
+        hint = escape(extra_hint("flower", "Flower"))  # "[flower]" is not rich markup
+        err_console.print(f"[red]asyncml flower:[/red] {hint}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     settings = load_settings()
     try:
         argv = flower_argv(

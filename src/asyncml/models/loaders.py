@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from asyncml.extras import import_extra
 from asyncml.models.errors import ModelInvalid, ModelRefused
 from asyncml.models.manifest import Manifest
 
@@ -247,7 +248,8 @@ class SklearnModel:
 
 
 def _load_skops(spec: ModelSpec) -> Any:
-    import skops.io as sio
+    sio = import_extra("skops.io", "sklearn", f"{spec.artifact} (skops)", ModelInvalid)
+    import_extra("sklearn", "sklearn", f"{spec.artifact} (skops)", ModelInvalid)
 
     try:
         untrusted = sio.get_untrusted_types(file=spec.artifact)
@@ -272,7 +274,9 @@ def _load_pickle(spec: ModelSpec) -> Any:
             "file holds. Convert the model to skops or ONNX, or list its folder in "
             "ASYNCML_MODELS_TRUST_PICKLE_DIRS if you made the file yourself"
         )
-    import joblib  # reads plain pickles too
+    # joblib reads plain pickles too; it and what they unpickle come with scikit-learn
+    import_extra("sklearn", "sklearn", f"{spec.artifact} (pickle)", ModelInvalid)
+    joblib = import_extra("joblib", "sklearn", f"{spec.artifact} (pickle)", ModelInvalid)
 
     try:
         return joblib.load(spec.artifact)  # the folder is trusted by the settings

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, HttpUrl
 
+from asyncml.extras import import_extra
 from asyncml.kinds import Limits, TaskContext, TaskKind, task_kind
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ def audio_decode(inp: DecodeIn, ctx: TaskContext) -> DecodeOut:
     downloaded = ctx.fetcher.download(str(inp.audio_url), ctx.scratch_dir() / "audio")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # librosa's audioread deprecation notice
-        import librosa
-
+        librosa = import_extra("librosa", "decode", "debug.audio_decode")
         signal, rate = librosa.load(downloaded.path, sr=None, mono=False)
     return DecodeOut(audio_length=signal.shape[-1] / rate)
 

@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 from celery.exceptions import SoftTimeLimitExceeded
 
+from asyncml.extras import import_extra
 from asyncml.tasks._audio_errors import AudioError, AudioNotAudio
 from asyncml.tasks._probe.info import NOT_AUDIO, AudioInfo, check_plausible
 
@@ -47,7 +48,8 @@ def probe_by_decoding_with_librosa(path: Path, *, libsndfile_error: str) -> Audi
     """Last resort for files libsndfile cannot open: decode fully with librosa (audioread).
 
     librosa warns that audioread support is deprecated, and audioread imports deprecated
-    stdlib modules; neither is the caller's concern, so warnings are silenced here.
+    stdlib modules; neither is the caller's concern, so warnings are silenced here. librosa
+    is the ``decode`` extra: without it the task fails ``extra_missing``, naming it.
     """
     if path.stat().st_size > MAX_FULL_DECODE_BYTES:  # a full decode holds every sample
         raise AudioError(
@@ -55,11 +57,15 @@ def probe_by_decoding_with_librosa(path: Path, *, libsndfile_error: str) -> Audi
             f"{path.stat().st_size} bytes it is too large to decode in full "
             f"(at most {MAX_FULL_DECODE_BYTES} bytes)"
         )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        librosa = import_extra(
+            "librosa", "decode", f"this file ({libsndfile_error}) is in no format libsndfile "
+            "reads; decoding it"
+        )  # fmt: skip
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import librosa
-
             signal, rate = librosa.load(path, sr=None, mono=False)
     except SoftTimeLimitExceeded:
         raise  # the task's time is up: that is a timeout, not a verdict on the file
