@@ -1,10 +1,12 @@
 # The README's two commands: `make run` and `make test`.
-.PHONY: install run test check unit integration format bench
+.PHONY: install run test check unit integration format bench bench-install bench-peers
 
 install:
 	scripts/bootstrap.sh
 
-run: install
+# Only what serving needs (no dev tools, no extras); `make test` installs everything.
+run:
+	scripts/bootstrap.sh --run
 	.venv/bin/asyncml up
 
 test:
