@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from asyncml.records import ErrorBody, TaskRecord, TaskStatus, utcnow
+from asyncml.store.dead_letters import DeadLetter
 from asyncml.store.sqlite import SqliteTaskStore
 
 from .processes import Launcher, ServiceProcess, service_env, wait_until_ready
@@ -259,6 +261,37 @@ def test_script_and_onerror_in_input_result_and_error_render_as_text(
         assert page.evaluate("document.querySelectorAll('main img, main script').length") == 0
         assert page.evaluate("window.__xss === undefined")
     assert dialogs == []
+
+
+def test_a_dead_letter_is_listed_and_retry_requeues_it_as_a_new_task(
+    embedded: Stack, browser: Browser
+) -> None:
+    """The entry is put in the store as a worker puts a poison task's (how a task gets
+    there is test_dlq.py's); Retry goes through the one replay path to the real worker."""
+    entry = DeadLetter(
+        task_id=str(uuid.uuid4()),
+        kind="debug.echo",
+        payload={"payload": "poisoned once"},
+        attempts=3,
+        error=ErrorBody(type="worker_lost", message="the worker died 3 times", attempts=3),
+        dead_at=utcnow(),
+    )
+    store = SqliteTaskStore(embedded.data_dir / "tasks.sqlite3", ttl_s=3600)
+    try:
+        store.dead_letter_add(entry)
+    finally:
+        store.close()
+    page = Watched.open(browser, embedded.base_url).page
+    page.goto("/ui/dead-letters")
+    page.locator(f"a[href='/ui/dead-letters/{entry.task_id}']").click()
+    assert "poisoned once" in (page.locator("#payload").text_content() or "")
+    page.get_by_role("button", name="Retry as a new task").click()
+    page.wait_for_url("**/ui/tasks/*")
+    new_id = page.url.rsplit("/", 1)[1]
+    assert new_id != entry.task_id
+    expect(page.locator("#status")).to_have_text("SUCCESS")
+    page.goto("/ui/dead-letters")
+    assert page.locator(f"a[href='/ui/dead-letters/{entry.task_id}']").count() == 0
 
 
 def test_after_a_restart_the_list_and_the_charts_still_show_earlier_tasks(

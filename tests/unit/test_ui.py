@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from asyncml.api import create_app
 from asyncml.auth import make_key
 from asyncml.settings import Settings
-from asyncml.store import ErrorBody, TaskRecord, TaskStatus, utcnow
+from asyncml.store import Delivery, ErrorBody, TaskRecord, TaskStatus, utcnow
 from asyncml.store.sqlite import SqliteTaskStore
 from asyncml.ui.headers import CSP
 
@@ -141,3 +141,17 @@ def test_a_wrong_key_does_not_sign_in(keyed: tuple[Settings, dict[str, str]]) ->
         csrf = _csrf(client.get("/ui/login").text)
         answer = client.post("/ui/login", data={"csrf": csrf, "key": "aml_wrong", "next": "/ui/"})
         assert answer.status_code == 401
+
+
+def test_failed_webhook_deliveries_are_listed_for_operators(
+    client: TestClient, store: SqliteTaskStore
+) -> None:
+    record = TaskRecord(
+        id="t-hook", kind="audio.length", status=TaskStatus.QUEUED, submitted_at=utcnow()
+    )
+    assert store.create(record)
+    failed = Delivery(state="failed", attempts=8, last_error="<b>refused</b>", updated_at=utcnow())
+    store.set_delivery("t-hook", "completed", failed)
+    table = client.get("/ui/dead-letters").text.split('id="failed-deliveries"', 1)[1]
+    assert "/ui/tasks/t-hook" in table
+    assert "&lt;b&gt;refused&lt;/b&gt;" in table

@@ -461,8 +461,15 @@ def create_ui(settings: Settings, registry: Registry, parent: FastAPI) -> FastAP
     async def dead_letters(request: Request) -> Response:
         who = await viewer(request)
         who.require_operator()
-        entries, total = await in_store(lambda s: (s.dead_letter_list(200), s.dead_letter_count()))
-        return page(request, who, "dead_letters.html", {"entries": entries, "total": total})
+        entries, total, failed = await in_store(
+            lambda s: (s.dead_letter_list(200), s.dead_letter_count(), s.failed_deliveries(100))
+        )
+        return page(
+            request,
+            who,
+            "dead_letters.html",
+            {"entries": entries, "total": total, "failed_deliveries": failed},
+        )
 
     @ui.get("/dead-letters/purge", response_class=HTMLResponse)
     async def purge_confirm(request: Request) -> Response:
