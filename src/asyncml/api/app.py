@@ -12,6 +12,7 @@ from asyncml._version import __version__
 from asyncml.api import classic, events, health, v1, v2
 from asyncml.api.body_limit import BodyLimit
 from asyncml.api.deps import Services
+from asyncml.api.docs import install_docs
 from asyncml.api.errors import install_error_handlers
 from asyncml.api.limits import QueueGate, RateGate
 from asyncml.api.observe import RequestMetrics
@@ -58,9 +59,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         version=__version__,
         summary="Submit a job, get an id at once, collect the result later.",
         lifespan=lifespan,
+        docs_url=None,  # served from the install by install_docs: no CDN
+        redoc_url=None,
     )
 
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
