@@ -16,6 +16,8 @@ mypy
 mypy tests
 echo "== deployment files (hadolint, compose schema, docker-compose config)" >&2
 scripts/check-deploy.sh
+echo "== documentation site (mkdocs build --strict: a broken link or anchor fails)" >&2
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 
 # `pytest` from the root runs the same tests; CI splits them only to run the unit tests in
 # parallel. pytest exits 5 when it ran no test: here that means a folder lost its tests (or a
