@@ -1,4 +1,5 @@
-"""Worker footprint (issue #7): idle after start-up, RSS <= 150 MB, start-up <= 3 s."""
+"""Footprint: a worker idle after start-up (issue #7: RSS <= 150 MB, start-up <= 3 s), and
+the CPU `asyncml up` burns doing nothing (issue #19: <= 1 % of a core for its whole tree)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from stack import WORKER_CONCURRENCY, bench_service_env, pid_of, worker_process
 
 from .context import Context
 from .measure import target
+from .overhead import IDLE_SETTLE_S, IDLE_WINDOW_S, MakeRunStack
 
 FOOTPRINT_RSS_MB = 150.0
 FOOTPRINT_START_S = 3.0
 FOOTPRINT_IDLE_S = 3.0
+IDLE_CPU_LIMIT_PCT = 1.0  # of one core, the whole `asyncml up` tree
 FOOTPRINT_WORKERS = [
     ("audio,euro,webhooks", ["--concurrency", str(WORKER_CONCURRENCY)]),
     ("models", []),
@@ -54,8 +57,32 @@ def run(ctx: Context) -> dict[str, Any]:
             at_most=True,
         )
         runs.append(run)
+    idle = _idle_up(ctx)
     # "custom_table" stays in the JSON line for its readers: these runs have no load figures.
-    return {"runs": runs, "custom_table": "footprint"}
+    return {"runs": runs, "idle_up": idle, "custom_table": "footprint"}
+
+
+def _idle_up(ctx: Context) -> dict[str, Any]:
+    """`asyncml up` as `make run` starts it, idle: CPU of each process of its tree over 20 s.
+
+    Measured after its workers are ready, the API answers, and IDLE_SETTLE_S more (imports
+    finishing, first heartbeats), with no request at all.
+    """
+    stack = MakeRunStack(Path(tempfile.mkdtemp(prefix="footprint-up-", dir=ctx.workdir)))
+    try:
+        time.sleep(IDLE_SETTLE_S)  # start-up's tail is not idleness; what follows is measured
+        idle = stack.idle_cpu(IDLE_WINDOW_S)
+    finally:
+        stack.stop()
+    run: dict[str, Any] = {"run": "asyncml up (as make run starts it), idle", **idle}
+    target(
+        run,
+        f"idle CPU of the tree over {IDLE_WINDOW_S:g} s <= {IDLE_CPU_LIMIT_PCT:g} % of a core",
+        idle["cpu_pct_total"],
+        IDLE_CPU_LIMIT_PCT,
+        at_most=True,
+    )
+    return run
 
 
 def _start_once(ctx: Context, queues: str, extra: list[str], run_no: int) -> dict[str, Any]:
@@ -116,4 +143,18 @@ def table(outcome: dict[str, Any]) -> Table:
                 verdicts if i == 0 else "",
             )
         table.add_row("", "", "total", f"{run['rss_mb_total']:.0f} ({run['pss_mb_total']:.0f})", "")
+    idle = outcome.get("idle_up")
+    if idle:
+        verdicts = "; ".join(
+            f"{t['result']} {t['target']} ({t['value']})" for t in idle.get("targets", [])
+        )
+        for i, proc in enumerate(idle["processes"]):
+            table.add_row(
+                idle["run"] if i == 0 else "",
+                "",
+                f"{proc['cmd']} {proc['pid']}",
+                f"CPU {proc['cpu_pct']:.2f} %",
+                verdicts if i == 0 else "",
+            )
+        table.add_row("", "", "total", f"CPU {idle['cpu_pct_total']:.2f} %", "")
     return table

@@ -3,22 +3,112 @@
 `debug.echo` (served with ASYNCML_DEBUG_KINDS=true) does no I/O and caches nothing. A run
 is submit + long-poll, then `Prefer: wait=10`, a burst, and the open loop at 25 % of the
 first run's tasks/s for issue #7's latency target.
+
+The embedded engine is measured as `make run` starts it (issue #19): `asyncml up` with no
+option, so a worker process per CPU and the bundled models' own worker, which polls the
+same SQLite file; `model.iris` is then measured on the same stack.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from stack import started
+from procstats import Meter, _cpu_ticks, cmdline, tree
+from stack import (  # ServiceProcess, wait_until_ready: the test helpers stack.py puts on the path
+    ServiceProcess,
+    Stack,
+    _classify_up,
+    bench_service_env,
+    pid_of,
+    started,
+    wait_until_ready,
+)
 
 from .context import Context
 from .measure import closed_loop, measure, open_loop, target, warm
+from .models import IRIS_ROW
 
 # Burst runs submit everything, then wait: sized so the backlog drains in about 15 s.
 BURST_COUNT = {"embedded": 300, "rabbitmq+redis": 1500}
 # Issue #7: p50 submit -> result seen at 25 % of the closed-loop throughput.
 LATENCY_25_LIMIT_MS = {"embedded": 100.0, "rabbitmq+redis": 15.0}
+
+
+# `make run` is `asyncml up` with no option: a worker per CPU, the bundled models served by
+# a models worker of their own. Only the guards that would shape the load are lifted, and
+# the debug kinds turned on (debug.echo).
+MAKE_RUN_ENV = {"ASYNCML_MODELS_BUNDLED": "true"}
+UP_WORKERS = 2  # `up` starts the prefork worker and the models worker, each printing " ready."
+IDLE_WINDOW_S = 20.0
+IDLE_SETTLE_S = 5.0
+
+
+class MakeRunStack(Stack):
+    """`asyncml up` exactly as `make run` starts it (every worker, the bundled models)."""
+
+    engine = "embedded"
+
+    def __init__(self, workdir: Path) -> None:
+        port, env = bench_service_env(workdir, MAKE_RUN_ENV)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.up = ServiceProcess("up", ["up"], env=env, workdir=workdir).start()
+        self.processes = [self.up]
+        try:
+            _wait_for_lines(self.up, " ready.", UP_WORKERS, timeout=90)
+            wait_until_ready(self.base_url, self.up)
+        except BaseException:
+            self.up.stop()
+            raise
+
+    def meter(self) -> Meter:
+        return Meter({"service": pid_of(self.up)}, classify=_classify_up)
+
+    def stop(self) -> None:
+        self.up.stop()
+
+    def idle_cpu(self, window_s: float = IDLE_WINDOW_S) -> dict[str, Any]:
+        """CPU of every process of the tree over `window_s` with nothing to do, in % of a core."""
+        root = pid_of(self.up)
+        pids = tree(root)
+        before = {pid: _cpu_ticks(pid) for pid in pids}
+        began = time.monotonic()
+        time.sleep(window_s)  # the idle window is what is measured, not a wait for an event
+        wall = time.monotonic() - began
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        processes = []
+        for pid in pids:
+            start, end = before[pid], _cpu_ticks(pid)
+            if start is None or end is None:
+                continue
+            argv = cmdline(pid)
+            processes.append(
+                {
+                    "pid": pid,
+                    "cmd": " ".join(argv[2:6]) if len(argv) > 2 else "?",
+                    "cpu_pct": round(100 * (end - start) / ticks_per_s / wall, 2),
+                }
+            )
+        total = round(sum(p["cpu_pct"] for p in processes), 2)
+        return {"window_s": round(wall, 1), "cpu_pct_total": total, "processes": processes}
+
+
+def _wait_for_lines(process: ServiceProcess, needle: str, count: int, timeout: float) -> None:
+    """Until `count` lines hold `needle` (each worker of `up` prints its own " ready.")."""
+    deadline = time.monotonic() + timeout
+    cond = process._cond  # the helper's own condition, notified on every line it reads
+    with cond:
+        while sum(needle in line for line in process._lines) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or process.proc is None or process.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{process.name}: {count} x {needle!r} not seen:\n{process.tail()}"
+                )
+            cond.wait(min(remaining, 0.5))
 
 
 def run_embedded(ctx: Context) -> dict[str, Any]:
@@ -33,8 +123,17 @@ def _make_input(i: int) -> dict[str, Any]:
     return {"payload": {"i": i}}
 
 
+def _iris_input(_i: int) -> dict[str, Any]:
+    return dict(IRIS_ROW)
+
+
 def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
-    with started(ctx.stack(engine, {})) as stack:
+    if engine == "embedded":  # what a user gets from `make run`, bundled model included
+        stack: Stack = MakeRunStack(Path(tempfile.mkdtemp(prefix="embedded-", dir=ctx.workdir)))
+    else:
+        stack = ctx.stack(engine, {})
+    model_runs: list[dict[str, Any]] = []
+    with started(stack):
         warm(stack, "debug.echo", _make_input, 40)
         polled = measure(
             stack,
@@ -91,8 +190,23 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
             kind="debug.echo",
             burst=True,
         )
+        if engine == "embedded":  # the bundled model, through the models worker `up` starts
+            warm(stack, "model.iris", _iris_input, 40)
+            for prefer, label in ((0, "submit, then long-poll"), (10, "Prefer: wait=10")):
+                model_runs.append(
+                    measure(
+                        stack,
+                        closed_loop(
+                            stack, "model.iris", _iris_input, ctx.bounds, prefer_wait_s=prefer
+                        ),
+                        name=f"model.iris on asyncml up: {label}",
+                        engine=engine,
+                        kind="model.iris",
+                    )
+                )
     runs = [ctx.with_ratios(polled), ctx.with_ratios(waited), ctx.with_ratios(burst)]
     runs += [ctx.with_ratios(run) for run in quarter]
+    runs += [ctx.with_ratios(run) for run in model_runs]
     if engine == "rabbitmq+redis":  # issue #7: throughput >= 50 % of the engine ceiling
         for run in (polled, waited, burst):
             share = (run.get("vs_engine_ceiling") or {}).get("tasks_per_s")
