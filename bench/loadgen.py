@@ -32,7 +32,7 @@ FINAL = frozenset({"SUCCESS", "FAILURE", "CANCELLED"})
 LONG_POLL_S = 30
 # One TLS context for every client: httpx builds one per client otherwise (30-150 ms each
 # on this machine, all before the first request), though loopback is plain HTTP.
-_LOOPBACK_TLS = ssl.create_default_context()
+LOOPBACK_TLS = ssl.create_default_context()
 
 
 @dataclass
@@ -285,7 +285,7 @@ async def run_load(
         clients = [
             await stack.enter_async_context(
                 httpx.AsyncClient(
-                    base_url=base_url, limits=limits, timeout=timeout, verify=_LOOPBACK_TLS
+                    base_url=base_url, limits=limits, timeout=timeout, verify=LOOPBACK_TLS
                 )
             )
             for _ in range(concurrency)
@@ -354,7 +354,7 @@ async def run_open_loop(
             in_flight -= 1
 
     async with httpx.AsyncClient(
-        base_url=base_url, limits=limits, timeout=timeout, verify=_LOOPBACK_TLS
+        base_url=base_url, limits=limits, timeout=timeout, verify=LOOPBACK_TLS
     ) as client:
         result.started = time.perf_counter()
         drained = result.started + duration_s + drain_s
@@ -498,7 +498,7 @@ async def run_route_load(
         clients = [
             await stack.enter_async_context(
                 httpx.AsyncClient(
-                    base_url=base_url, limits=limits, timeout=timeout, verify=_LOOPBACK_TLS
+                    base_url=base_url, limits=limits, timeout=timeout, verify=LOOPBACK_TLS
                 )
             )
             for _ in range(concurrency)
@@ -542,7 +542,7 @@ async def run_route_open(
             in_flight -= 1
 
     async with httpx.AsyncClient(
-        base_url=base_url, limits=limits, timeout=timeout, verify=_LOOPBACK_TLS
+        base_url=base_url, limits=limits, timeout=timeout, verify=LOOPBACK_TLS
     ) as client:
         result.started = time.perf_counter()
         drained = result.started + duration_s + drain_s
