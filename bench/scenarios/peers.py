@@ -113,7 +113,7 @@ class Served:
         self,
         base_url: str,
         meter: Callable[[], Meter],
-        stop: Callable[[], None],
+        stop: Callable[[], object],
         *,
         workdir: Path | None = None,
     ) -> None:
