@@ -106,7 +106,7 @@ def our_service(
     return served
 
 
-def _closed(ctx: Context, served: Served, name: str, **fields: Any) -> dict[str, Any]:
+def closed_run(ctx: Context, served: Served, name: str, **fields: Any) -> dict[str, Any]:
     seconds = ctx.bounds.seconds
 
     def load(share: int, first: int) -> LoadResult:
@@ -145,7 +145,7 @@ def run(ctx: Context) -> dict[str, Any]:
             served = our_service(ctx, engine, workers=workers)
             try:
                 _warm(served)
-                point = _closed(
+                point = closed_run(
                     ctx,
                     served,
                     f"{engine} {workers} worker processes, 1 API process",
@@ -166,7 +166,7 @@ def run(ctx: Context) -> dict[str, Any]:
             try:
                 _warm(served)
                 points.append(
-                    _closed(
+                    closed_run(
                         ctx,
                         served,
                         f"{engine} 2 worker processes, {api_processes} API processes",
