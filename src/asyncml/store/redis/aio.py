@@ -55,15 +55,9 @@ _LIST_SCAN_MAX = 5000  # index entries one list request may read before it retur
 class AsyncRedisTaskStore(HistoryMixin):
     def __init__(self, url: str, *, ttl_s: int) -> None:
         self.ttl_s = ttl_s
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=ASYNC_POOL_SIZE,
-            timeout=10,
-            retry=async_retry(),
-            **client_options(),
+        self._r = aioredis.Redis.from_url(
+            url, max_connections=ASYNC_POOL_SIZE, **client_options(), retry=async_retry()
         )
-        self._r = aioredis.Redis(connection_pool=pool)
-        self._r.auto_close_connection_pool = True  # aclose() closes the pool made here
         self._notices = FinishNotices()
         self._watch_events = EventWatch()
         self._listener: asyncio.Task[None] | None = None

@@ -28,10 +28,10 @@ def client_options() -> dict[str, Any]:
     }
 
 
-# The API's async pool: event streams and long-polls read in bursts (a notice wakes many at
-# once); past this many connections a read waits for one (up to the socket timeout)
-# instead of failing with MaxConnectionsError, as the default pool does.
-ASYNC_POOL_SIZE = 64
+# The API's async pool: a request holds a connection only for its commands (long-polls and
+# event streams wait on the pub/sub listener's notices, holding none), so a burst of
+# requests needs at most one each. (A blocking pool made bursts wait up to its timeout.)
+ASYNC_POOL_SIZE = 1024
 
 
 def sync_retry() -> Retry:
