@@ -1,4 +1,5 @@
-"""The one way a task is submitted: by the v1, batch and classic routes and the DLQ replay.
+"""The one way a task is submitted (v1, batch, classic and V2 routes, the dashboard, the DLQ
+replay), and the one way it is cancelled (v1 and the dashboard).
 
 Each submission goes through the same steps, in this order::
 
@@ -31,7 +32,13 @@ from pydantic import AnyUrl, BaseModel
 from asyncml import metrics
 from asyncml.auth import Caller
 from asyncml.engine import Engine
-from asyncml.errors import InputInvalid, RateLimited, ServiceUnavailable
+from asyncml.errors import (
+    InputInvalid,
+    RateLimited,
+    ServiceUnavailable,
+    TaskConflict,
+    TaskNotFound,
+)
 from asyncml.fetch import literal_refusal
 from asyncml.kinds import TaskKind
 from asyncml.records import Callback, TaskRecord, TaskStatus, utcnow
@@ -165,6 +172,26 @@ class Submitter:
             idempotency_key=None,
         )
         return submitted.record
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a task not started yet (the caller has checked who may); it will not run,
+        on any broker. Raises TaskNotFound, or TaskConflict once it started or ended.
+
+        Its ``completed`` notice is queued now; if the broker is away, the cancel stands
+        and the worker that meets the task's message queues it (engine/notices.py)."""
+        outcome = await self.store.cancel(task_id, utcnow())
+        record = outcome.record
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if not outcome.done:
+            raise TaskConflict(
+                f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
+            )
+        try:
+            await anyio.to_thread.run_sync(self.engine.announce_cancelled, record)
+        except ServiceUnavailable:
+            log.warning("task %s cancelled; its notice will be queued by a worker", task_id)
+        return record
 
     def _refuse(self, inputs: BaseModel, exclude: set[str], callback: Callback | None) -> None:
         """What can be refused before anything is stored: a 422 now, not a FAILURE later."""

@@ -8,8 +8,6 @@ import logging
 import re
 from typing import Annotated, Any
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -23,12 +21,12 @@ from asyncml.api.schema import (
     strict,
 )
 from asyncml.auth import owned_task
-from asyncml.errors import InputInvalid, ServiceUnavailable, TaskConflict, TaskNotFound
+from asyncml.errors import InputInvalid
 from asyncml.kinds import TaskKind
 from asyncml.records import TaskPage
 from asyncml.registry import Registry
 from asyncml.settings import Settings
-from asyncml.store import TaskRecord, TaskStatus, utcnow
+from asyncml.store import TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -276,20 +274,7 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
     async def cancel_task(task_id: TaskId, services: ServicesDep, caller: CallerDep) -> TaskRecord:
         """Cancel a task that has not started; it will not run, on any broker."""
         await owned_task(services.store, task_id, caller)  # 404 for another key's task
-        outcome = await services.store.cancel(task_id, utcnow())
-        record = outcome.record
-        if record is None:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        if not outcome.done:
-            raise TaskConflict(
-                f"task {task_id} is {record.status.value}; only a QUEUED task can be cancelled"
-            )
-        try:
-            await anyio.to_thread.run_sync(services.engine.announce_cancelled, record)
-        except ServiceUnavailable:
-            # The cancel stands. The task's own message is still queued: the worker that
-            # receives it skips the task and queues the notice owed (engine/notices.py).
-            log.warning("task %s cancelled; its notice will be queued by a worker", task_id)
+        record = await services.submitter.cancel(task_id)
         return record
 
     @router.get("/kinds", response_model=list[KindView], tags=["kinds"])

@@ -11,6 +11,7 @@ and the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -33,7 +34,12 @@ from asyncml.api.deps import Services
 from asyncml.api.events import KEEPALIVE_S, task_events, with_standing
 from asyncml.api.schema import strict
 from asyncml.auth import KEY_PREFIX, Caller, digest
-from asyncml.errors import AsyncmlError, ServiceUnavailable, TaskNotFound, Unauthorized
+from asyncml.errors import (
+    AsyncmlError,
+    TaskConflict,
+    TaskNotFound,
+    Unauthorized,
+)
 from asyncml.records import TaskEvent, TaskRecord, TaskStatus, utcnow
 from asyncml.registry import Registry
 from asyncml.settings import Settings
@@ -379,13 +385,8 @@ def create_ui(settings: Settings, registry: Registry, parent: FastAPI) -> FastAP
         who = await viewer(request)
         await form_of(request, who)
         await visible_task(task_id, who.caller)
-        svc = services()
-        outcome = await svc.store.cancel(task_id, utcnow())
-        if outcome.done and outcome.record is not None:
-            try:
-                await anyio.to_thread.run_sync(svc.engine.announce_cancelled, outcome.record)
-            except ServiceUnavailable:
-                log.warning("task %s cancelled; its notice will be queued by a worker", task_id)
+        with contextlib.suppress(TaskConflict):  # started meanwhile: its page says so
+            await services().submitter.cancel(task_id)
         return RedirectResponse(f"/ui/tasks/{task_id}", status_code=303)
 
     # --- kinds and the try-it form ---------------------------------------------------
