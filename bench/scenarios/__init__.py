@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from rich.table import Table
 
-from . import audio, ceilings, euro, events, footprint, models, overhead
+from . import audio, backlog, ceilings, curves, euro, events, footprint, models, overhead, peers
 from .context import Context
 
 
@@ -29,6 +29,14 @@ SCENARIOS: dict[str, Scenario] = {
     "audio": Scenario(audio.run),
     "footprint": Scenario(footprint.run, footprint.table),
     "models": Scenario(models.run),
+    "peers": Scenario(peers.run, peers.table),
+    "curves": Scenario(curves.run, curves.table),
+    "backlog": Scenario(backlog.run, backlog.table),
     "events": Scenario(events.run, events.table),
 }
-ALIASES = {"overhead": ["embedded", "rabbitmq+redis"]}
+# `make bench-peers` runs these (about 10 minutes); `make bench` runs `main`, the rest.
+SEPARATE = ("peers", "curves", "backlog")
+ALIASES = {
+    "overhead": ["embedded", "rabbitmq+redis"],
+    "main": [name for name in SCENARIOS if name not in SEPARATE],
+}
