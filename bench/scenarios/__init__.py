@@ -34,7 +34,8 @@ SCENARIOS: dict[str, Scenario] = {
     "backlog": Scenario(backlog.run, backlog.table),
     "events": Scenario(events.run, events.table),
 }
-# `make bench-peers` runs these (about 10 minutes); `make bench` runs `main`, the rest.
+# `make bench-peers` runs peers and curves, `make bench-backlog` the backlog (with the
+# overhead run its drain is compared with); `make bench` runs `main`, every other one.
 SEPARATE = ("peers", "curves", "backlog")
 ALIASES = {
     "overhead": ["embedded", "rabbitmq+redis"],
