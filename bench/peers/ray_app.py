@@ -69,10 +69,34 @@ class Heavy:
         return await self.infer(body["row"])
 
 
+def _replica_grpc_on_loopback() -> None:
+    """Ray Serve 2.60 binds each replica's inter-deployment gRPC server to `[::]:0` (every
+    interface, no option in `ray/serve/_private/replica.py`); run in every Ray worker
+    before its replica starts, this binds it to 127.0.0.1 instead."""
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+
+    def on_loopback(server: Any, address: str) -> int:
+        port: int = original(server, address.replace("[::]", "127.0.0.1"))
+        return port
+
+    replica.add_port_to_grpc_server = on_loopback
+
+
 def main(port: int) -> None:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Every Ray process on loopback too (GCS, raylet, object store), not the host address
+    # (with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which peers.py sets: Ray otherwise turns
+    # 127.0.0.1 into the host's address on Linux).
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"worker_process_setup_hook": _replica_grpc_on_loopback},
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Echo.bind(), name="echo", route_prefix="/echo")
     serve.run(Iris.bind(os.environ["BENCH_IRIS_ONNX"]), name="iris", route_prefix="/iris")

@@ -182,6 +182,7 @@ def _start(ctx: Context, system: str, models_dir: Path, heavy_onnx: Path) -> Ser
         BENTOML_DO_NOT_TRACK="True",
         BENTOML_HOME=str(workdir / "bentoml"),
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # Ray on 127.0.0.1 only (see ray_app.py)
         OMP_NUM_THREADS="1",
     )
     if system == "bentoml":
