@@ -152,3 +152,11 @@ def test_task_failed_shows_the_error_type() -> None:
     error = TaskFailed("HTTP 404 from https://example.com/a.wav", error_type="fetch_failed")
     assert str(error) == "fetch_failed: HTTP 404 from https://example.com/a.wav"
     assert error.message == "HTTP 404 from https://example.com/a.wav"
+
+
+def test_openapi_summaries_read_for_a_kind_whatever_its_first_letter(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert paths["/v1/tasks/audio.length"]["post"]["summary"] == "Submit one audio.length task"
+    assert paths["/audio/length"]["post"]["summary"] == (
+        "Submit one audio.length task (classic route)"
+    )

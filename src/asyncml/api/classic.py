@@ -73,7 +73,7 @@ def _classic_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         dependencies=[Depends(require_json)],
         status_code=status.HTTP_201_CREATED,
         response_model=ClassicAccepted,
-        summary=f"Submit a {kind.name} task (classic route)",
+        summary=f"Submit one {kind.name} task (classic route)",
         operation_id=f"classic_{kind.name.replace('.', '_')}",
         tags=["classic"],
     )

@@ -133,7 +133,7 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
         dependencies=[Depends(require_json)],
         status_code=status.HTTP_202_ACCEPTED,
         response_model=TaskRecord,
-        summary=f"Submit a {kind.name} task",
+        summary=f"Submit one {kind.name} task",
         description=kind.description,
         operation_id=f"submit_{kind.name.replace('.', '_')}",
         tags=[kind.family],
