@@ -35,7 +35,8 @@ format: install
 UV = $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 
 bench-install: install
-	UV_PROJECT_ENVIRONMENT=bench/.venv $(UV) sync --frozen --group bench --quiet
+	UV_PROJECT_ENVIRONMENT=bench/.venv $(UV) sync --frozen --all-extras --group bench --quiet
+	scripts/ensure-services.sh
 
 # Every scenario but the peers, the curves and the backlog (about 8 minutes).
 bench: bench-install
