@@ -122,7 +122,11 @@ class Settings(BaseSettings):
         description="Time a client has to send a request's headers (slow clients are cut).",
     )
     api_keepalive_timeout_s: float = Field(
-        default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+        default=15.0,
+        gt=0,
+        description="Idle keep-alive connections are closed after this. Longer than common "
+        "clients' own expiry (httpx, and so the SDK: 5 s), so a client drops an idle "
+        "connection before the server closes it, never sending on one being closed.",
     )
     api_max_connections: int = Field(
         default=1000, ge=1, description="Concurrent connections per API process (503 above)."

@@ -210,7 +210,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             pytest.skip(str(exc))
         broker = net["broker"]
         rabbitmq = RabbitMQServer(tmp_path / "rabbitmq", host=broker.address)
-        redis_server = RedisServer(tmp_path / "redis", host=broker.address, appendonly=False)
+        redis_server = RedisServer(tmp_path / "redis", host=broker.address, appendonly=True)
         # Started from a broker thread: in its namespace, and the readiness probes too.
         stack.callback(rabbitmq.stop)
         broker.run(rabbitmq.start)
