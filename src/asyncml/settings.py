@@ -1,6 +1,9 @@
 """The one settings object; the only module that reads the environment.
 
 Build it once at the edge (CLI callback, app factory, worker bootstrap) and pass it down.
+
+Over 350 lines by design: one settings object, every setting with its description (the
+settings reference is generated from it).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ them with a progress bar, then prints a results table and a summary. ``--serve-s
 makes it work with no network at all: it generates sample audio files and sample results
 pages and serves them on loopback, for a service started with
 ``ASYNCML_FETCH_ALLOW_LOOPBACK=true`` and ``ASYNCML_EURO_RESULTS_URL`` pointing at them.
+
+Over 350 lines: the sample files and pages it serves offline live with the command.
 """
 
 from __future__ import annotations

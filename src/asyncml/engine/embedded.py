@@ -24,6 +24,9 @@ Four gaps of the stock transport are closed here:
   worker looks at SQLite when rung, when its own pool frees a slot, or after
   ``polling_interval`` (the fallback for a missed ring), and first with one read of which
   of its queues hold anything, taking the write lock only to fetch from those.
+
+Over 350 lines because the transport's gaps, its wake-ups and the recovery of unacked
+messages share the channel's schema and locks; the wake-ups are the first to move out.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ holds, so loading one is running a program.
 Sessions are never shared across ``fork``: the cache remembers the process that filled
 it, and a child (a Celery prefork worker process) starts afresh; an onnxruntime session
 made in the parent may hold threads and locks that do not survive a fork.
+
+Over 350 lines: one loader per artifact format and the process cache they share.
 """
 
 from __future__ import annotations

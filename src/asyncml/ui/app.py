@@ -4,9 +4,11 @@ restart loses nothing and every API process shows the same.
 
 Access is the API's: a key sees its own tasks (another's is the 404 page), an operator
 key (or anyone with keys off) sees every task, the workers and the dead letters. Submits
-go through ``Submitter.submit``, cancels through the store's compare-and-set and the
-engine's notice, dead-letter retries through ``cli.dlq.replay``: the same paths as the API
-and the CLI.
+go through ``Submitter.submit``, cancels through ``Submitter.cancel``, dead-letter
+retries through ``cli.dlq.replay``: the same paths as the API and the CLI.
+
+Over 350 lines for now: one router whose pages share the viewer, form and template
+helpers; the next split is one module per page group (tasks, dead letters, kinds).
 """
 
 from __future__ import annotations
