@@ -71,9 +71,9 @@ def _variable_names() -> list[str]:
     return names
 
 
-def test_readme_lists_every_setting() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    missing = [n for n in _variable_names() if f"`{n}`" not in readme]
+def test_the_configuration_page_lists_every_setting() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    missing = [n for n in _variable_names() if f"`{n}`" not in page]
     assert missing == []
 
 

@@ -1,5 +1,5 @@
 """Model serving: each folder of ``ASYNCML_MODELS_DIR`` (and each bundled example) becomes a
-``model.<name>`` task kind. See README "Models"."""
+``model.<name>`` task kind. See docs/models.md."""
 
 from asyncml.models.batcher import Batcher
 from asyncml.models.discovery import (

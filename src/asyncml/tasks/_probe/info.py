@@ -26,7 +26,7 @@ class AudioInfo:
 
 # Headers beyond these are lies or attacks. Real audio runs from 8 kHz (telephony) to 768 kHz
 # (the highest rate converters offer); 1 kHz leaves room for odd recorders. 64 channels
-# covers ambisonics. The README's audio section states the same range.
+# covers ambisonics. docs/kinds.md (audio.length) states the same range.
 MIN_SAMPLE_RATE = 1_000
 MAX_SAMPLE_RATE = 768_000
 MAX_CHANNELS = 64
