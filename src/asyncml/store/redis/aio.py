@@ -49,6 +49,9 @@ from asyncml.store.redis.scripts import (
 
 log = logging.getLogger(__name__)
 
+# How often the listener looks whether event streams opened or closed (it subscribes to
+# their channels only while one is open).
+_LISTEN_TICK_S = 0.25
 _LIST_SCAN_MAX = 5000  # index entries one list request may read before it returns a cursor
 
 
@@ -194,25 +197,38 @@ class AsyncRedisTaskStore(HistoryMixin):
         wakes the requests waiting on that task. (A subscription per waiting request would
         cost a Redis connection each: pub/sub connections are closed, not pooled.)
 
+        The event and queue-move channels are subscribed to only while a request of this
+        process waits on them (an event stream is open): a process nobody watches from
+        receives one notice per task, as before events existed. A waiter that registers
+        while they are not subscribed is seen within ``_LISTEN_TICK_S``; every waiter of a
+        kind looks again once its channels are subscribed, so none waits on a notice that
+        was published before.
+
         It also stops at ``_closing``, not only when cancelled: once in CI a cancellation
         was lost somewhere inside redis-py's timed reads, the loop ran on, and ``close``
         waited on it until the test's 300 s timeout."""
+        watched = (EVENT_CHANNEL_PREFIX + "*", MOVE_CHANNEL_PREFIX + "*")
         while not self._closing:
             try:
                 async with self._r.pubsub() as pubsub:
-                    await pubsub.psubscribe(
-                        CHANNEL_PREFIX + "*", EVENT_CHANNEL_PREFIX + "*", MOVE_CHANNEL_PREFIX + "*"
-                    )
-                    # Notices published while unsubscribed are lost: every waiter looks again.
-                    for notices in (
-                        self._notices,
-                        self._watch_events.events,
-                        self._watch_events.moves,
-                    ):
-                        notices.wake(notices.awaited())
+                    await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                    self._notices.wake(self._notices.awaited())  # lost while unsubscribed
+                    events_on = False
                     while not self._closing:
+                        wanted = bool(self._watch_events)
+                        if wanted != events_on:
+                            if wanted:
+                                await pubsub.psubscribe(*watched)
+                                for notices in (
+                                    self._watch_events.events,
+                                    self._watch_events.moves,
+                                ):
+                                    notices.wake(notices.awaited())
+                            else:
+                                await pubsub.punsubscribe(*watched)
+                            events_on = wanted
                         message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=1.0
+                            ignore_subscribe_messages=True, timeout=_LISTEN_TICK_S
                         )
                         if message is None or message.get("type") != "pmessage":
                             continue
