@@ -300,3 +300,33 @@ def test_publisher_forgets_a_consumer_whose_process_is_gone(settings: Settings) 
     (folder / "999999999-deadbeef").touch()  # no socket of that name exists
     assert ring(folder.parent, "q") == 0
     assert list(folder.iterdir()) == []
+
+
+def _open_store_once(path: str, start: Any, outcome: Any) -> None:
+    start.wait(30)
+    try:
+        SqliteTaskStore(Path(path), ttl_s=60).close()
+    except Exception as exc:
+        outcome.put(repr(exc))
+    else:
+        outcome.put(None)
+
+
+def test_processes_opening_a_fresh_task_store_together_all_open_it(settings: Settings) -> None:
+    # Each process of `asyncml up` opens the task store of a fresh data folder and adds
+    # the columns of later versions; two finding a column missing at once must both open.
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        path = settings.data_dir / f"fresh-store-{round_}" / "tasks.sqlite3"
+        start, outcome = context.Event(), context.Queue()
+        children = [
+            context.Process(target=_open_store_once, args=(str(path), start, outcome))
+            for _ in range(6)
+        ]
+        for child in children:
+            child.start()
+        start.set()
+        failures = [outcome.get(timeout=60) for _ in children]
+        for child in children:
+            child.join(60)
+        assert [failure for failure in failures if failure] == []

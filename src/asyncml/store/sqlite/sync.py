@@ -6,11 +6,14 @@ WAL mode lets the API read while a worker writes; every state change is a single
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,24 @@ _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
+@contextmanager
+def _schema_lock(path: Path) -> Iterator[None]:
+    """The processes of ``asyncml up`` open a fresh data folder's store at once: one at a
+    time switches it to WAL and creates or upgrades its tables (SQLite's own locks made the
+    others fail with "database is locked" or "duplicate column name"). A lock file beside
+    the database holds across processes, as the embedded broker's does."""
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _add_column(conn: sqlite3.Connection, name: str, ddl: str) -> None:
+    conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
+
+
 class SqliteTaskStore(EventsMixin, HistoryMixin):
     """One connection per thread and process: sqlite3 connections must not cross either."""
 
@@ -45,12 +66,12 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         self._local = threading.local()
         self._finishes = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._conn() as conn:
+        with _schema_lock(path), self._conn() as conn:
             conn.executescript(SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
             for name, ddl in ADDED_COLUMNS.items():  # data folders of earlier versions
                 if name not in columns:
-                    conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
+                    _add_column(conn, name, ddl)
             conn.executescript(INDEXES)
             conn.executescript(HISTORY_INDEXES)
             conn.executescript(TRIGGERS)
