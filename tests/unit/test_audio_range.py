@@ -3,6 +3,7 @@ whole file when the head does not settle it: against a real local HTTP server.""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Iterator
@@ -168,3 +169,31 @@ def test_wav_smaller_than_the_head_is_asked_once(
     out = measure(range_server.url("short.wav"), ctx)
     assert out.audio_length == pytest.approx(0.5, abs=0.001)
     assert range_server.sent == [("/short.wav", path.stat().st_size)]
+
+
+class _Reported:
+    """Stands in for the worker's reporter: what the task told its watchers."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, float | None]] = []
+        self.logs: list[str] = []
+
+    def progress(self, done: float, total: float | None, message: str | None) -> None:
+        self.steps.append((done, total))
+
+    def log(self, message: str, level: str) -> None:
+        self.logs.append(message)
+
+    def output(self, partial: object) -> None:
+        raise AssertionError("audio.length streams no partial output")
+
+
+def test_audio_length_tells_its_watchers_the_path_it_took_and_the_bytes_it_read(
+    range_server: RangeServer, ctx: TaskContext, tmp_path: Path
+) -> None:
+    path = write_audio(tmp_path / "long.wav", seconds=300.0, sample_rate=16000)
+    reported = _Reported()
+    measure(range_server.url("long.wav"), dataclasses.replace(ctx, reporter=reported))
+    assert any("Range" in line for line in reported.logs), reported.logs
+    assert any("WAV header" in line for line in reported.logs), reported.logs
+    assert reported.steps == [(64 * 1024, path.stat().st_size)]

@@ -36,8 +36,10 @@ def _measure(ctx: TaskContext, url: str) -> AudioInfo:
 
     dest = ctx.scratch_dir() / "audio"
     if PurePosixPath(urlsplit(url).path).suffix.lower() in _COMPRESSED:
+        ctx.log("a compressed format: fetching the whole file")
         whole = ctx.fetcher.download(url, dest)
         return probe_audio(whole.path, whole.content_type)
+    ctx.log(f"reading the head only: HTTP Range bytes=0-{HEAD_BYTES - 1}")
     try:
         got = ctx.fetcher.download(url, dest, headers={"Range": f"bytes=0-{HEAD_BYTES - 1}"})
     except FetchError as exc:
@@ -47,13 +49,17 @@ def _measure(ctx: TaskContext, url: str) -> AudioInfo:
     match = _CONTENT_RANGE.match(got.content_range or "")
     if got.status_code == 206 and match is not None:
         last, total = int(match.group(1)), int(match.group(2))
+        ctx.progress(last + 1, total, "bytes fetched of the file")
         if last + 1 >= total:  # the range held the whole file
             return probe_audio(got.path, got.content_type)
         info = probe_wav_head(got.path.read_bytes(), total)
         if info is not None:
+            ctx.log("the length comes from the WAV header, checked against the file's size")
             return info
     elif got.status_code != 206:  # Range ignored: this response is the whole file
+        ctx.log("the server ignored Range: measuring the whole file it sent")
         return probe_audio(got.path, got.content_type)
+    ctx.log("the head does not settle it: fetching the whole file")
     whole = ctx.fetcher.download(url, dest)
     return probe_audio(whole.path, whole.content_type)
 
