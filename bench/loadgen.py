@@ -377,6 +377,8 @@ async def run_open_loop(
 
 BENTO_FINAL = {"completed": "SUCCESS", "failed": "FAILURE", "canceled": "CANCELLED"}
 BENTO_POLL_S = 0.005  # BentoML's task API has no long-poll: its status is polled every 5 ms
+# Celery's states, as Ray Serve's asynchronous inference reports them; polled like BentoML's.
+RAY_FINAL = {"SUCCESS": "SUCCESS", "FAILURE": "FAILURE", "REVOKED": "CANCELLED"}
 
 
 @dataclass(frozen=True)
@@ -385,8 +387,10 @@ class Route:
 
     `asyncml`: `POST /v1/tasks/{path}` then long-poll (or `Prefer: wait`); `bentoml`: a
     `@bentoml.task`'s `POST /{path}/submit`, `GET /{path}/status` every 5 ms until final,
-    then `GET /{path}/get`; `sync`: one `POST {path}` answered with the result (Ray Serve's
-    HTTP deployments, which have no task API).
+    then `GET /{path}/get`; `ray-async`: Ray Serve's asynchronous inference,
+    `POST /{path}/submit` then `GET /status/{task_id}` every 5 ms until final (the result
+    comes with the status); `sync`: one `POST {path}` answered with the result (Ray Serve's
+    HTTP deployments).
     """
 
     style: str
@@ -394,7 +398,7 @@ class Route:
     prefer_wait_s: int = 0
 
     def __post_init__(self) -> None:
-        if self.style not in ("asyncml", "bentoml", "sync"):
+        if self.style not in ("asyncml", "bentoml", "ray-async", "sync"):
             raise ValueError(f"unknown route style {self.style!r}")
 
 
@@ -437,6 +441,9 @@ async def _route_task(
             result.errors[f"submit:{_error_kind(response)}"] += 1
             return
         task_id = response.json()["task_id"]
+        if route.style == "ray-async":
+            await _poll_ray_task(client, task_id, sample, result, drained)
+            return
         status = "in_progress"
         while status not in BENTO_FINAL:
             if time.perf_counter() >= drained:
@@ -459,6 +466,26 @@ async def _route_task(
     except httpx.HTTPError as exc:
         sample.submit_end = sample.submit_end or time.perf_counter()
         result.errors[f"http:{type(exc).__name__}"] += 1
+
+
+async def _poll_ray_task(
+    client: httpx.AsyncClient, task_id: str, sample: Sample, result: LoadResult, drained: float
+) -> None:
+    """Ray Serve's asynchronous inference: its status every 5 ms; the result comes with it."""
+    while True:
+        if time.perf_counter() >= drained:
+            result.errors["unfinished"] += 1
+            return
+        await asyncio.sleep(BENTO_POLL_S)  # the peer offers nothing to wait on
+        response = await client.get(f"/status/{task_id}")
+        result.requests += 1
+        if response.status_code != 200:
+            result.errors[f"poll:{_error_kind(response)}"] += 1
+            return
+        status = response.json()["status"]
+        if status in RAY_FINAL:
+            _seen(sample, {"status": RAY_FINAL[status], "error": {"type": "peer"}}, result)
+            return
 
 
 async def run_route_load(
