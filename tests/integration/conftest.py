@@ -1,7 +1,9 @@
 """Fixtures for integration tests: real servers, started once per session.
 
 Session servers are shared: tests use their own queue names and keys and never stop
-them. A test that stops or restarts a server takes a private_* one instead.
+them. A test that stops or restarts a server takes a private_* one instead. A module whose
+stack needs a broker to itself takes a vhost of the session node (rabbitmq_vhosts), not a
+node of its own: an Erlang node takes seconds of CPU to boot.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 from .fixture_server import FixtureServer
 from .processes import ServiceProcess, service_env, wait_until_ready
-from .services import RabbitMQServer, RedisServer, free_ports
+from .services import RabbitMQServer, RedisServer, ServiceError, free_ports
 
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtb2YtdGhlLWludGVncmF0aW9uLXN0YWNr"  # test only
 _HERE = Path(__file__).parent
@@ -42,10 +44,34 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
+class VhostPool:
+    """Hands out each of a node's vhosts (but "/") once: the taker's queues are its own."""
+
+    def __init__(self, server: RabbitMQServer) -> None:
+        self.server = server
+        self._unused = [vhost for vhost in server.vhosts if vhost != "/"]
+
+    def take(self) -> str:
+        if not self._unused:
+            raise ServiceError(f"every vhost of {self.server!r} is taken: create more")
+        return self._unused.pop(0)
+
+    def url(self) -> str:
+        """The URL of a vhost nobody used before."""
+        return self.server.url_for(self.take())
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]:
-    with RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")) as server:
+    vhosts = [f"stack-{n}" for n in range(8)]
+    with RabbitMQServer(tmp_path_factory.mktemp("rabbitmq"), vhosts=vhosts) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhosts(rabbitmq_server: RabbitMQServer) -> VhostPool:
+    """Vhosts of the session node, for a module's stack that must see no other queue."""
+    return VhostPool(rabbitmq_server)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +93,33 @@ def private_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def restartable_rabbitmq(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RabbitMQServer, VhostPool]]:
+    vhosts = [f"test-{n}" for n in range(16)]
+    workdir = tmp_path_factory.mktemp("rabbitmq-restartable")
+    with RabbitMQServer(workdir, vhosts=vhosts) as server:
+        yield server, VhostPool(server)
+
+
 @pytest.fixture
-def private_rabbitmq_server(tmp_path: Path) -> Iterator[RabbitMQServer]:
-    with RabbitMQServer(tmp_path / "rabbitmq") as server:
+def private_rabbitmq_server(
+    restartable_rabbitmq: tuple[RabbitMQServer, VhostPool],
+) -> Iterator[RabbitMQServer]:
+    """A node this test may pause, stop and restart, its url on a vhost no test used before.
+
+    The tests that do so take turns on one node, each on a fresh vhost, rather than boot
+    one each (seconds of Erlang start-up every time); it runs again after each test.
+    """
+    server, vhosts = restartable_rabbitmq
+    server.vhost = vhosts.take()
+    try:
         yield server
+    finally:
+        server.vhost = "/"
+        if not server.running:
+            server.start()
 
 
 # --- fixture files and the service's own processes ----------------------------------

@@ -22,9 +22,12 @@ Only this module starts servers; fixtures live in conftest.py.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
+import hashlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -34,7 +37,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -383,6 +386,11 @@ class RabbitMQServer(_Server):
 
     HOME is `workdir/home`, where Erlang creates the cookie that rabbitmqctl() then uses;
     RABBITMQ_ERLANG_COOKIE is deprecated in 3.10.
+
+    `vhosts` are created at boot from a definitions file (free, unlike `rabbitmqctl
+    add_vhost`, which boots an Erlang VM of its own): one node then serves several stacks
+    that must not see each other's queues, each on its own vhost. `url` points at `vhost`,
+    "/" unless a fixture picks another one.
     """
 
     readiness = "an AMQP login"
@@ -399,9 +407,12 @@ class RabbitMQServer(_Server):
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         host: str = "127.0.0.1",
+        vhosts: Sequence[str] = (),
     ) -> None:
         self.server_script = _unwrap_debian_rabbitmq(binary or require_binary("rabbitmq-server"))
         self.host = host
+        self.vhosts = ("/", *vhosts)
+        self.vhost = "/"
         self.ctl_script = self.server_script.with_name("rabbitmqctl")
         self.epmd_binary = require_binary("epmd")
         picked = free_ports(3)
@@ -416,6 +427,10 @@ class RabbitMQServer(_Server):
         config = "log.console = false\nlog.file.level = info\n"
         if not _is_loopback(host):
             config += "loopback_users = none\n"  # guest from other hosts too: test only
+        if vhosts:
+            definitions = workdir / "definitions.json"
+            definitions.write_text(json.dumps(_definitions(self.vhosts)))
+            config += f"load_definitions = {definitions}\n"
         (workdir / "rabbitmq.conf").write_text(config)
         (workdir / "enabled_plugins").write_text("[].\n")
         # Replaces /etc/rabbitmq/rabbitmq-env.conf, which the scripts would otherwise source.
@@ -423,7 +438,13 @@ class RabbitMQServer(_Server):
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@{self.host}:{self.port}//"
+        return self.url_for(self.vhost)
+
+    def url_for(self, vhost: str) -> str:
+        """The AMQP URL of one of this node's vhosts ("/" gives the usual `...//`)."""
+        if vhost not in self.vhosts:
+            raise ServiceError(f"{vhost!r} is not among {self.node_name}'s {self.vhosts}")
+        return f"amqp://guest:guest@{self.host}:{self.port}/{vhost}"
 
     @property
     def log_file(self) -> Path:
@@ -528,6 +549,28 @@ class RabbitMQServer(_Server):
                 f"{result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result.stdout
+
+
+def _definitions(vhosts: Sequence[str]) -> dict[str, object]:
+    """Boot-time definitions: guest/guest (a node importing definitions creates no default
+    user) with every right on each of `vhosts`."""
+    salt = secrets.token_bytes(4)  # RabbitMQ's salted SHA-256: base64(salt + sha256(salt + pw))
+    digest = base64.b64encode(salt + hashlib.sha256(salt + b"guest").digest()).decode()
+    return {
+        "users": [
+            {
+                "name": "guest",
+                "password_hash": digest,
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ["administrator"],
+            }
+        ],
+        "vhosts": [{"name": vhost} for vhost in vhosts],
+        "permissions": [
+            {"user": "guest", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+            for vhost in vhosts
+        ],
+    }
 
 
 def _unwrap_debian_rabbitmq(path: str) -> Path:

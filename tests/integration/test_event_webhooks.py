@@ -18,10 +18,10 @@ import pytest
 
 from asyncml.webhooks import verify_signature
 
-from .conftest import WEBHOOK_SECRET
+from .conftest import WEBHOOK_SECRET, VhostPool
 from .processes import Launcher, service_env, wait_until_ready
 from .receiver import Receiver
-from .services import RabbitMQServer, RedisServer, free_ports
+from .services import RedisServer, free_ports
 
 THROTTLE_S = 0.5  # engine/progress.py: at most one intermediate notice per 500 ms per task
 SLACK_S = 0.1  # a notice leaves at a flush (every 50 ms), carrying the latest step's time
@@ -34,16 +34,17 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def api(
+    tmp_path_factory: pytest.TempPathFactory, rabbitmq_vhosts: VhostPool
+) -> Iterator[httpx.Client]:
     workdir = tmp_path_factory.mktemp("event-webhooks")
     (port,) = free_ports(1)
     with contextlib.ExitStack() as servers:
-        rabbit = servers.enter_context(RabbitMQServer(workdir / "rabbitmq"))
         redis = servers.enter_context(RedisServer(workdir / "redis"))
         env = service_env(
             data_dir=workdir / "data",
             api_port=port,
-            broker_url=rabbit.url,
+            broker_url=rabbitmq_vhosts.url(),
             backend_url=redis.url,
             extra={
                 "ASYNCML_DEBUG_KINDS": "true",

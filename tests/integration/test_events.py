@@ -13,15 +13,18 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from .conftest import VhostPool
 from .processes import Launcher, service_env, wait_until_ready
-from .services import RabbitMQServer, RedisServer, free_ports
+from .services import RedisServer, free_ports
 
 Event = tuple[str, str, dict[str, Any]]  # (type, SSE id, data)
 
 
 @pytest.fixture(scope="module", params=["rabbitmq_redis", "embedded"])
 def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    rabbitmq_vhosts: VhostPool,
 ) -> Iterator[httpx.Client]:
     """An API and one worker with one slot serving the debug queue (queue order is run
     order, so a watched task's position falls step by step), shared by this module's tests:
@@ -31,9 +34,8 @@ def api(
     with contextlib.ExitStack() as servers:
         urls: dict[str, str] = {}
         if request.param == "rabbitmq_redis":
-            rabbit = servers.enter_context(RabbitMQServer(workdir / "rabbitmq"))
             redis = servers.enter_context(RedisServer(workdir / "redis"))
-            urls = {"broker_url": rabbit.url, "backend_url": redis.url}
+            urls = {"broker_url": rabbitmq_vhosts.url(), "backend_url": redis.url}
         env = service_env(
             data_dir=workdir / "data",
             api_port=port,

@@ -227,7 +227,8 @@ def test_flood_past_the_queue_cap_is_refused_not_queued(
                 answers.append(admitted())
             answers += [admitted() for _ in range(16)]
         depth = private_rabbitmq_server.rabbitmqctl(
-            "list_queues", "-q", "--no-table-headers", "name", "messages"
+            "list_queues",
+            *("-p", private_rabbitmq_server.vhost, "-q", "--no-table-headers", "name", "messages"),
         )
     finally:
         process.stop()
