@@ -12,6 +12,9 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from .processes import ServiceProcess, wait_until_ready
+from .services import free_ports
+
 pytestmark = pytest.mark.usefixtures("models_worker")
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
@@ -131,3 +134,51 @@ def test_respond_async_answers_202_and_the_task_holds_the_v2_response(
         "shape": [1],
         "data": ["setosa"],
     }
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compressed_request_gives_the_same_predictions_as_v1(
+    client: triton.InferenceServerClient, api: httpx.Client, algorithm: str
+) -> None:
+    result = client.infer(
+        "iris", _inputs(FLOWERS, binary=True), request_compression_algorithm=algorithm
+    )
+    v1 = _v1(api, FLOWERS)
+    assert [p.decode() for p in result.as_numpy("predictions")] == v1["predictions"]
+    assert result.as_numpy("probabilities").tolist() == v1["probabilities"]
+
+
+@pytest.fixture(scope="module")
+def keyed_url(
+    tmp_path_factory: pytest.TempPathFactory, stack_env: tuple[dict[str, str], str, Path]
+) -> Iterator[str]:
+    """An API process with keys on (none made), on the session stack's broker and store."""
+    base_env, _, _ = stack_env
+    (port,) = free_ports(1)
+    process = ServiceProcess(
+        f"api-keyed-{port}",
+        ["api", "--port", str(port)],
+        env=dict(base_env) | {"ASYNCML_AUTH": "on"},
+        workdir=tmp_path_factory.mktemp("keyed-v2"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        process.start()
+        wait_until_ready(url, process)
+        yield url
+    finally:
+        process.stop()
+
+
+def test_with_keys_on_the_health_probes_need_no_key_and_metadata_and_infer_do(
+    keyed_url: str,
+) -> None:
+    with triton.InferenceServerClient(keyed_url.removeprefix("http://")) as stock:
+        assert stock.is_server_live()
+        assert stock.is_server_ready()
+        with pytest.raises(InferenceServerException) as refused:
+            stock.get_model_metadata("iris")
+        assert refused.value.status() == "401"
+        with pytest.raises(InferenceServerException) as refused:
+            stock.infer("iris", _inputs(FLOWERS, binary=True))
+        assert refused.value.status() == "401"

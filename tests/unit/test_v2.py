@@ -3,9 +3,12 @@ shape, refusals before queueing, the binary codec, and the canary split's arithm
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +17,14 @@ from fastapi.testclient import TestClient
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.http._utils import _get_inference_request
 
+from asyncml.api import create_app
+from asyncml.auth import key_file_line, make_key
 from asyncml.models import pick
 from asyncml.models.inputs import InferenceOptions
 from asyncml.models.kinds import PredictionOut
 from asyncml.models.loaders import OutputTypes
 from asyncml.models.oip import encode_response, inference_response, parse_request
+from asyncml.settings import Settings
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
@@ -118,6 +124,113 @@ def test_binary_data_past_the_body_is_400(client: TestClient) -> None:
     response = client.post("/v2/models/iris/infer", content=body[:-3], headers=headers)
     assert response.status_code == 400
     assert "binary_data_size" in response.json()["error"]
+
+
+def test_a_json_syntax_error_is_400_in_the_words_of_v1(client: TestClient) -> None:
+    body = b'{"inputs": [\n  {"name": "sepal_length",}\n]}'
+    headers = {"Content-Type": "application/json"}
+    v2 = client.post("/v2/models/iris/infer", content=body, headers=headers)
+    v1 = client.post("/v1/tasks/model.iris", content=body, headers=headers)
+    assert v2.status_code == 400
+    assert v2.json() == {"error": "invalid JSON at line 2, column 27: trailing comma"}
+    assert v1.json()["message"] == v2.json()["error"]
+
+
+@pytest.fixture
+def alice(tmp_path: Path) -> str:
+    """A key, provisioned in the keys file ``keyed_client`` reads."""
+    key, record = make_key("alice")
+    (tmp_path / "keys").write_text(key_file_line(record))
+    return key
+
+
+@pytest.fixture
+def keyed_client(tmp_path: Path, alice: str) -> Iterator[TestClient]:
+    """Keys on: a request without a valid key is refused where a key is needed."""
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path / "data", auth="on", api_keys_file=tmp_path / "keys"
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_health_probes_answer_without_a_key_when_keys_are_on(keyed_client: TestClient) -> None:
+    assert keyed_client.get("/v2/health/live").json() == {"live": True}
+    assert keyed_client.get("/v2/health/ready").json() == {"ready": True}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2"),
+        ("GET", "/v2/models/iris"),
+        ("GET", "/v2/models/iris/ready"),
+        ("POST", "/v2/models/iris/infer"),
+        ("POST", "/v2/models/iris/versions/1.0.0/infer"),
+    ],
+)
+def test_metadata_and_infer_need_a_key(
+    keyed_client: TestClient, alice: str, method: str, path: str
+) -> None:
+    body, headers = _body(_flower_inputs())
+    refused = keyed_client.request(method, path, content=body, headers=headers)
+    assert refused.status_code == 401
+    assert set(refused.json()) == {"error"}
+    headers |= {"Authorization": f"Bearer {alice}", "Prefer": "respond-async"}
+    assert keyed_client.request(method, path, content=body, headers=headers).status_code in (
+        200,
+        202,
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"), [("gzip", gzip.compress), ("deflate", zlib.compress)]
+)
+def test_a_compressed_body_is_inflated_and_queued(
+    client: TestClient,
+    queued_messages: Callable[[], int],
+    encoding: str,
+    compress: Callable[[bytes], bytes],
+) -> None:
+    body, headers = _body(_flower_inputs(rows=2))
+    headers |= {"Content-Encoding": encoding, "Prefer": "respond-async"}
+    response = client.post("/v2/models/iris/infer", content=compress(body), headers=headers)
+    assert response.status_code == 202, response.text
+    assert queued_messages() == 1
+
+
+def test_a_compressed_body_inflating_past_the_body_limit_is_413_and_queues_nothing(
+    client: TestClient, queued_messages: Callable[[], int]
+) -> None:
+    bomb = gzip.compress(b"{" + b" " * 50_000_000 + b"}")  # 50 MB in ~50 kB
+    response = client.post(
+        "/v2/models/iris/infer", content=bomb, headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "request body over the limit of 1048576 bytes once inflated"
+    }
+    assert queued_messages() == 0
+
+
+def test_a_cut_short_gzip_body_is_400(client: TestClient) -> None:
+    body, headers = _body(_flower_inputs())
+    cut = gzip.compress(body)[:-12]
+    response = client.post(
+        "/v2/models/iris/infer", content=cut, headers={**headers, "Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "the gzip body is cut short"}
+
+
+def test_an_unknown_content_encoding_is_415_naming_what_is_accepted(client: TestClient) -> None:
+    response = client.post(
+        "/v2/models/iris/infer", content=b"...", headers={"Content-Encoding": "br"}
+    )
+    assert response.status_code == 415
+    assert response.json() == {
+        "error": "Content-Encoding 'br' is not accepted; send gzip, deflate or identity"
+    }
 
 
 def test_respond_async_is_202_with_the_tasks_location(

@@ -10,11 +10,17 @@ with the task's ``Location``, and the task's result then holds the protocol's re
 Errors on these routes use the protocol's body, ``{"error": "..."}``, with its statuses
 (400 for a tensor that does not fit, 404 for an unknown model or version, 503 when not
 ready); the rest of the API keeps ``{type, message}``.
+
+The health routes answer without a key even when keys are on: KServe and Triton probes
+carry none (as /healthz); server and model metadata, readiness of a model and infer need one.
+A body sent with ``Content-Encoding: gzip`` or ``deflate`` (tritonclient's
+``request_compression_algorithm``) is inflated up to ``ASYNCML_API_MAX_BODY_BYTES``.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Annotated, Any
 
@@ -30,7 +36,14 @@ from asyncml._version import __version__
 from asyncml.api.deps import CallerDep, ServicesDep, authenticate
 from asyncml.api.health import readyz
 from asyncml.api.v1 import prefer_wait
-from asyncml.errors import AsyncmlError, InputInvalid, UnknownKind, describe_errors, error_class_for
+from asyncml.errors import (
+    AsyncmlError,
+    InputInvalid,
+    UnknownKind,
+    UnsupportedMediaType,
+    describe_errors,
+    error_class_for,
+)
 from asyncml.kinds import TaskKind
 from asyncml.models import LiveModel, ModelVersionUnknown, ServedModel, TensorInvalid, live_models
 from asyncml.models.loaders import ModelSpec, OutputTypes
@@ -50,6 +63,8 @@ _ASYNC = re.compile(r"(?:^|[,;\s])respond-async(?:$|[,;\s])", re.IGNORECASE)
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "skops": "sklearn", "pickle": "sklearn"}
 _PLATFORMS["pyfunc"] = "mlflow_pyfunc"
 _FEATURE_TYPES = {"float": "FP64", "int": "INT64", "bool": "BOOL", "string": "BYTES"}
+# zlib's window bits per Content-Encoding: "deflate" is the zlib format (RFC 9110 8.4.1.2).
+_INFLATE = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class V2Error(BaseModel):
@@ -62,12 +77,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": V2Error, "description": text}
     for status, text in {
         400: "A tensor or request that does not fit the model; nothing queued.",
-        401: "No valid API key (send Authorization: Bearer aml_...).",
         404: "No such model or version.",
-        413: "The body is larger than ASYNCML_API_MAX_BODY_BYTES.",
-        429: "Over the key's request rate or its cap of unfinished tasks; see Retry-After.",
+        413: "The body (inflated, if compressed) is larger than ASYNCML_API_MAX_BODY_BYTES.",
+        415: "A Content-Encoding other than gzip, deflate or identity.",
         503: "Not ready: the broker or the store is unavailable, or the queue is full.",
     }.items()
+}
+# What every route but the health probes adds: the key, and the key's rate.
+_KEYED: dict[str, Any] = {
+    "dependencies": [Depends(authenticate)],
+    "responses": {
+        status: {"model": V2Error, "description": text}
+        for status, text in {
+            401: "No valid API key (send Authorization: Bearer aml_...).",
+            429: "Over the key's request rate or its cap of unfinished tasks; see Retry-After.",
+        }.items()
+    },
 }
 
 
@@ -160,6 +185,41 @@ def _failed(record: TaskRecord) -> JSONResponse:
     return _error(error.message, status)
 
 
+def _inflated(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as it was before the client compressed it, at most ``limit`` bytes.
+
+    Inflated with a cap on the output, not after the fact: a few kilobytes of gzip can
+    stand for gigabytes, and the body limit is meant to bound the API's memory.
+    """
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    wbits = _INFLATE.get(coding)
+    if wbits is None:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted; send gzip, deflate or identity"
+        )
+    out = bytearray()
+    rest = body
+    while True:  # a gzip body may hold several members, one after the other
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise TensorInvalid(f"the body is not {coding} data: {exc}") from None
+        if len(out) > limit:
+            raise HTTPException(
+                413, detail=f"request body over the limit of {limit} bytes once inflated"
+            )
+        if not inflater.eof:
+            raise TensorInvalid(f"the {coding} body is cut short")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
+        if coding != "gzip":
+            raise TensorInvalid(f"{len(rest)} bytes follow the end of the {coding} data")
+
+
 def _pending(record: TaskRecord) -> JSONResponse:
     location = f"/v1/tasks/{record.id}"
     return JSONResponse(
@@ -180,7 +240,6 @@ def build_router(registry: Registry) -> APIRouter:
     router = APIRouter(
         prefix="/v2",
         route_class=V2Route,
-        dependencies=[Depends(authenticate)],
         responses=_ERRORS,
         tags=["open inference protocol"],
     )
@@ -198,7 +257,7 @@ def build_router(registry: Registry) -> APIRouter:
             return _error(f"not ready: {bytes(probe.body).decode()}", 503)
         return JSONResponse({"ready": True})
 
-    @router.get("")
+    @router.get("", **_KEYED)
     async def server_metadata() -> dict[str, Any]:
         return {
             "name": "asyncml",
@@ -234,9 +293,10 @@ def build_router(registry: Registry) -> APIRouter:
         served = model.current()
         version: str | None = request.path_params.get("version")
         spec = _version(model, served, version)
-        if content_encoding not in (None, "", "identity"):
-            raise TensorInvalid(f"Content-Encoding {content_encoding!r} is not accepted")
-        parsed, values = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+        body = _inflated(
+            await request.body(), content_encoding, services.settings.api_max_body_bytes
+        )
+        parsed, values = parse_request(body, request.headers.get(HEADER_LENGTH))
         types = served.outputs.get(spec.manifest.version, OutputTypes())
         available = ["predictions"] + (["probabilities"] if types.probabilities else [])
         chosen = version
@@ -278,23 +338,24 @@ def build_router(registry: Registry) -> APIRouter:
 
     for path, versioned in (("/models/{name}", False), ("/models/{name}/versions/{version}", True)):
         suffix = "_version" if versioned else ""
-        declared = [Depends(_declare_version)] if versioned else []
+        declared = [*_KEYED["dependencies"], *([Depends(_declare_version)] if versioned else [])]
+        keyed = {"dependencies": declared, "responses": _KEYED["responses"]}
         router.add_api_route(
-            path, metadata, methods=["GET"], name=f"model_metadata{suffix}", dependencies=declared
+            path, metadata, methods=["GET"], name=f"model_metadata{suffix}", **keyed
         )
         router.add_api_route(
             f"{path}/ready",
             model_ready,
             methods=["GET"],
             name=f"model_ready{suffix}",
-            dependencies=declared,
+            **keyed,
         )
         router.add_api_route(
             f"{path}/infer",
             infer,
             methods=["POST"],
             name=f"infer{suffix}",
-            dependencies=declared,
+            **keyed,
             openapi_extra={
                 "requestBody": {
                     "content": {

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from asyncml.errors import describe_errors
@@ -158,6 +159,33 @@ def tensor_values(tensor: RequestInput, raw: bytes | None) -> list[Any]:
     return values
 
 
+def _json(head: bytes) -> Any:
+    """The request's JSON, decoded by orjson; a syntax error is told in /v1's words.
+
+    /v1 (FastAPI) decodes with the standard library and describes its error by line and
+    column (``describe_errors``); the standard decoder reads the faulty text again here so
+    both routes word it the same. Text only orjson refuses (NaN, a 65-bit integer) is told
+    by orjson's own reason and position.
+    """
+    try:
+        return orjson.loads(head)
+    except orjson.JSONDecodeError as fast:
+        fault: json.JSONDecodeError = fast
+        try:
+            json.loads(head)
+        except json.JSONDecodeError as exc:
+            fault = exc
+        except UnicodeDecodeError:
+            raise TensorInvalid("the inference request is not UTF-8 text") from None
+        entry = {
+            "type": "json_invalid",
+            "loc": ("body", fault.pos),
+            "msg": "JSON decode error",
+            "ctx": {"error": fault.msg},
+        }
+        raise TensorInvalid(describe_errors([entry], head)) from None
+
+
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, list[Any]]:
     """The request's JSON and each input's values (binary data where the extension put it)."""
     if header_length is not None:
@@ -171,7 +199,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
     else:
         head, rest = body, b""
     try:
-        request = InferRequest.model_validate_json(head)
+        request = InferRequest.model_validate(_json(head))
     except ValidationError as exc:
         raise TensorInvalid(f"the inference request: {describe_errors(exc.errors())}") from None
     values: list[Any] = []
@@ -347,7 +375,7 @@ def encode_response(response: Mapping[str, Any], binary: set[str]) -> tuple[byte
             tensor["parameters"] = {"binary_data_size": len(blob)}
         outputs.append(tensor)
     head["outputs"] = outputs
-    text = json.dumps(head, separators=(",", ":")).encode("utf-8")
+    text = orjson.dumps(head)
     if not blobs:
         return text, None
     return text + b"".join(blobs), len(text)
