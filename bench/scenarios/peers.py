@@ -313,6 +313,17 @@ def _workload_runs(
 
 
 SYSTEMS = ("rabbitmq+redis", "embedded", "bentoml", "ray-serve")
+WORKLOADS = ("echo", "iris", "heavy")
+
+
+def _chosen(variable: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """A subset named in ``variable`` (comma-separated), for a quick look at one pair:
+    ``BENCH_PEERS_SYSTEMS=embedded,bentoml BENCH_PEERS_WORKLOADS=echo,iris``; all by default."""
+    named = [n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()]
+    unknown = sorted(set(named) - set(known))
+    if unknown:
+        raise ValueError(f"{variable}: unknown {unknown}; known: {list(known)}")
+    return tuple(n for n in known if n in named) or known
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -323,7 +334,8 @@ def run(ctx: Context) -> dict[str, Any]:
     heavy_onnx = models_dir / "heavy" / "model.onnx"
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
-    for system in SYSTEMS:
+    workloads = _chosen("BENCH_PEERS_WORKLOADS", WORKLOADS)
+    for system in _chosen("BENCH_PEERS_SYSTEMS", SYSTEMS):
         try:
             served = _start(ctx, system, models_dir, heavy_onnx)
         except Exception as exc:  # a peer that cannot run here: its error, the rest go on
@@ -332,6 +344,8 @@ def run(ctx: Context) -> dict[str, Any]:
             continue
         try:
             for name, (route, make) in _workloads(system).items():
+                if name not in workloads:
+                    continue
                 try:
                     rows.append(_workload_runs(ctx, system, served, name, route, make))
                 except Exception as exc:  # one workload failing leaves the others

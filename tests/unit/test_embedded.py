@@ -202,7 +202,7 @@ class _Consumer:
     says when it has looked at SQLite, found nothing, and started waiting for a ring."""
 
     def __init__(self, settings: Settings, fallback_s: float) -> None:
-        from asyncml.engine import embedded
+        from asyncml.store.sqlite.doorbell import wake_dir
 
         self.connection = Connection(
             broker_url(settings.data_dir), transport_options={"polling_interval": fallback_s}
@@ -217,7 +217,7 @@ class _Consumer:
         )
         self._consumer.consume()
         transport: Any = self.connection.transport
-        bell = transport.doorbell(embedded.wake_dir(settings.data_dir / "broker.sqlite3"))
+        bell = transport.doorbell(wake_dir(settings.data_dir / "broker.sqlite3"))
         wait = bell.wait
 
         def announced_wait(timeout_s: float) -> bool:
@@ -277,7 +277,7 @@ def test_idle_worker_takes_a_published_message_at_once_not_at_its_fallback_poll(
 def test_worker_that_missed_its_wake_up_takes_the_message_at_its_fallback_poll(
     settings: Settings,
 ) -> None:
-    from asyncml.engine.embedded import wake_dir
+    from asyncml.store.sqlite.doorbell import wake_dir
 
     settings.data_dir.mkdir(parents=True)
     consumer = _Consumer(settings, fallback_s=0.5)
@@ -293,7 +293,7 @@ def test_worker_that_missed_its_wake_up_takes_the_message_at_its_fallback_poll(
 
 
 def test_publisher_forgets_a_consumer_whose_process_is_gone(settings: Settings) -> None:
-    from asyncml.engine.embedded import ring, wake_dir
+    from asyncml.store.sqlite.doorbell import ring, wake_dir
 
     folder = wake_dir(settings.data_dir / "broker.sqlite3") / "q"
     folder.mkdir(parents=True)
@@ -330,3 +330,107 @@ def test_processes_opening_a_fresh_task_store_together_all_open_it(settings: Set
         for child in children:
             child.join(60)
         assert [failure for failure in failures if failure] == []
+
+
+def _queued(task_id: str, owner: str = "") -> TaskRecord:
+    return TaskRecord(
+        id=task_id, kind="debug.echo", status=TaskStatus.QUEUED, submitted_at=utcnow(), owner=owner
+    )
+
+
+def test_submissions_committed_together_still_respect_the_open_task_cap(
+    settings: Settings,
+) -> None:
+    store = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    try:
+        made = store.create_many([(_queued(f"t{i}", owner="alice"), 2) for i in range(3)])
+        assert made == [True, True, False]
+        assert store.get("t2") is None
+    finally:
+        store.close()
+
+
+def test_submissions_arriving_together_share_a_commit_and_each_gets_its_answer(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from asyncml.store.sqlite import AsyncSqliteTaskStore
+
+    sync = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    batches: list[int] = []
+    create_many = sync.create_many
+
+    def counting(batch: list[tuple[TaskRecord, int]]) -> list[bool]:
+        batches.append(len(batch))
+        return create_many(batch)
+
+    monkeypatch.setattr(sync, "create_many", counting)
+    store = AsyncSqliteTaskStore(sync)
+
+    async def submit() -> list[bool]:
+        try:
+            return await asyncio.gather(
+                *(store.create(_queued(f"t{i}", owner="bob"), max_open=3) for i in range(5))
+            )
+        finally:
+            await store.close()
+
+    assert asyncio.run(submit()) == [True, True, True, False, False]
+    assert sum(batches) == 5
+    assert len(batches) < 5  # those that came during the first commit went in one more
+
+
+def test_a_start_is_not_synced_and_leaves_the_store_reporting_durable(settings: Settings) -> None:
+    store = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    try:
+        store.create(_queued("t1"))
+        assert store.start("t1", utcnow(), worker="w") == 1
+        assert store.durability().durable
+        assert store.durability().settings["synchronous"] == "FULL"
+    finally:
+        store.close()
+
+
+def test_a_long_poll_is_woken_by_the_finish_of_another_process_not_by_its_fallback_poll(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from asyncml.store.sqlite import aio
+
+    monkeypatch.setattr(aio, "_FALLBACK_S", 3600.0)  # only a ring can wake the watcher
+    api = aio.AsyncSqliteTaskStore(SqliteTaskStore(settings.store_path(), ttl_s=60))
+    worker = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    worker.create(_queued("t1"))
+    listening = wake_dir_of(settings) / "@tasks"
+
+    def finish_once_listened() -> None:
+        deadline = time.monotonic() + 30
+        while not (listening.exists() and any(listening.iterdir())):
+            if time.monotonic() > deadline:
+                raise AssertionError("the API's watcher never listened")
+            threading.Event().wait(0.01)
+        worker.finish("t1", TaskStatus.SUCCESS, utcnow(), result={"ok": True})
+
+    async def long_poll() -> TaskRecord | None:
+        try:
+            finisher = asyncio.get_running_loop().run_in_executor(None, finish_once_listened)
+            record = await api.wait("t1", timeout_s=60)
+            await finisher
+            return record
+        finally:
+            await api.close()
+
+    try:
+        record = asyncio.run(long_poll())
+    finally:
+        worker.close()
+    assert record is not None and record.status == TaskStatus.SUCCESS
+    assert list(listening.iterdir()) == []  # nobody waits: nobody listens
+
+
+def wake_dir_of(settings: Settings) -> Path:
+    from asyncml.store.sqlite.doorbell import wake_dir
+
+    return wake_dir(settings.store_path())

@@ -23,7 +23,9 @@ Four gaps of the stock transport are closed here:
   (``Doorbell``: a datagram to each process consuming that queue) after it commits, and a
   worker looks at SQLite when rung, when its own pool frees a slot, or after
   ``polling_interval`` (the fallback for a missed ring), and first with one read of which
-  of its queues hold anything, taking the write lock only to fetch from those.
+  of its queues hold anything, taking the write lock only to fetch from those. The
+  doorbell itself lives with the store (store/sqlite/doorbell.py), which rings the API's
+  waiters the same way.
 
 Over 350 lines because the transport's gaps, its wake-ups and the recovery of unacked
 messages share the channel's schema and locks; the wake-ups are the first to move out.
@@ -31,16 +33,10 @@ messages share the channel's schema and locks; the wake-ups are the first to mov
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
-import os
-import secrets
-import select
-import socket
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -55,6 +51,13 @@ from kombu.transport.virtual import Empty
 
 from asyncml.settings import Settings
 from asyncml.store import TaskStore
+from asyncml.store.sqlite.doorbell import (
+    DEFAULT_FALLBACK_POLL_S,
+    Doorbell,
+    ring,
+    wake_dir,
+)
+from asyncml.store.sqlite.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -73,134 +76,18 @@ def _schema_lock(database: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-# Abstract socket names (Linux): no path in the data folder, whose length a Unix socket
-# path could not hold (108 bytes), and nothing left behind by a process that died.
-_ABSTRACT = sys.platform.startswith("linux")
-_BELL_PREFIX = b"\0asyncml-doorbell-"
-DEFAULT_FALLBACK_POLL_S = 1.0
+_turns_lock = threading.Lock()
+_turns_of: dict[str, Turns] = {}
 
 
-def wake_dir(database: str | Path) -> Path:
-    """``wake/<queue>/<token>``: one empty file per process consuming that queue."""
-    return Path(database).parent / "wake"
-
-
-class Doorbell:
-    """How a publisher wakes the processes that consume a queue, on one host.
-
-    The consuming process binds a datagram socket and, for each queue it consumes, puts an
-    empty file named after the socket in ``wake/<queue>/``; a publisher, after its message
-    is committed, sends an empty datagram to each socket named there (``ring``). A ring
-    that arrives while the worker is busy waits in the socket until it next waits, so none
-    is lost between a look at SQLite and the wait that follows. A file whose socket is gone
-    (its process died) is removed by the first publisher that finds it so. Where abstract
-    sockets do not exist (not Linux) nobody rings and the fallback poll does the work.
-    """
-
-    def __init__(self, wake: Path) -> None:
-        self._wake = wake
-        self.token = f"{os.getpid()}-{secrets.token_hex(6)}"
-        self._queues: set[str] = set()
-        self._sock: socket.socket
-        self._self_ring: socket.socket | None = None
-        if _ABSTRACT:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.bind(_BELL_PREFIX + self.token.encode())
-        else:
-            self._sock, self._self_ring = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._self_ring.setblocking(False)
-        self._sock.setblocking(False)
-
-    def listen(self, queue: str) -> None:
-        """Ask to be rung for ``queue``; before the first look at it, so no ring is missed."""
-        if not _ABSTRACT or queue in self._queues:
-            return
-        folder = self._wake / queue
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / self.token).touch()
-        self._queues.add(queue)
-
-    def renew(self) -> None:
-        """Put back a registration that went missing (a cleaned data folder): cheap enough
-        for every fallback poll, and it ends the fallback-only state without a restart."""
-        for queue in self._queues:
-            path = self._wake / queue / self.token
-            if not path.exists():
-                with contextlib.suppress(OSError):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.touch()
-
-    def forget(self, queue: str) -> None:
-        self._queues.discard(queue)
-        with contextlib.suppress(OSError):
-            (self._wake / queue / self.token).unlink()
-
-    def ring_self(self) -> None:
-        """Wake this process's own wait: its pool freed a slot, so it may fetch again."""
-        try:
-            if self._self_ring is not None:
-                self._self_ring.send(b"")
-            else:
-                _sender().sendto(b"", _BELL_PREFIX + self.token.encode())
-        except OSError:
-            pass  # a full buffer: a wake-up is already waiting
-
-    def wait(self, timeout_s: float) -> bool:
-        """Block until rung or ``timeout_s``; True when rung. Every waiting ring is read."""
-        readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout_s))
-        if not readable:
-            return False
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self._sock.recv(16)
-        return True
-
-    def close(self) -> None:
-        for queue in list(self._queues):
-            self.forget(queue)
-        self._sock.close()
-        if self._self_ring is not None:
-            self._self_ring.close()
-
-
-_sender_lock = threading.Lock()
-_sender_sock: tuple[int, socket.socket] | None = None
-
-
-def _sender() -> socket.socket:
-    """One unbound datagram socket per process (a forked child makes its own)."""
-    global _sender_sock
-    with _sender_lock:
-        if _sender_sock is None or _sender_sock[0] != os.getpid():
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            _sender_sock = (os.getpid(), sock)
-        return _sender_sock[1]
-
-
-def ring(wake: Path, queue: str) -> int:
-    """Wake every process consuming ``queue``; returns how many were rung.
-
-    Never raises: a ring is a hint, and the message is already committed.
-    """
-    if not _ABSTRACT:
-        return 0
-    folder = wake / queue
-    try:
-        tokens = os.listdir(folder)
-    except OSError:
-        return 0  # nobody listens yet: a worker that starts looks at the queue first
-    rung = 0
-    for token in tokens:
-        try:
-            _sender().sendto(b"", _BELL_PREFIX + token.encode())
-            rung += 1
-        except (ConnectionRefusedError, FileNotFoundError):
-            with contextlib.suppress(OSError):
-                (folder / token).unlink()  # its process is gone
-        except OSError:
-            rung += 1  # its buffer is full: it has a ring waiting already
-    return rung
+def _turns(database: str) -> Turns:
+    """The broker file's writers take turns (store/sqlite/turns.py): the API's publishes
+    and every worker's fetches, which otherwise slept in SQLite's busy handler."""
+    with _turns_lock:
+        found = _turns_of.get(database)
+        if found is None:
+            found = _turns_of[database] = Turns(database)
+        return found
 
 
 class SqliteChannel(SqlAlchemyChannel):
@@ -221,7 +108,7 @@ class SqliteChannel(SqlAlchemyChannel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as in kombu-stubs
         from sqlalchemy import text
 
-        with self._session_lock:
+        with self._session_lock, _turns(self._database()).taken():
             # An accepted task is on disk before the API answers: this commit syncs the WAL
             # (and with it every fetch committed before it, see _get).
             self.session.execute(text("PRAGMA synchronous=FULL"))
@@ -235,7 +122,7 @@ class SqliteChannel(SqlAlchemyChannel):
         that every publish and fetch waits for."""
         from sqlalchemy import text
 
-        with self._session_lock:
+        with self._session_lock, _turns(self._database()).taken():
             self.session.execute(text("PRAGMA synchronous=NORMAL"))  # this transaction's
             return super()._get(queue)
 

@@ -2,7 +2,8 @@
 
 Events live in one table (a global sequence is each event's id, increasing within a
 task); ``started`` and ``completed`` are written by triggers inside the state change
-(``schema.TRIGGERS``), progress and logs by ``add_events``.
+(``schema.TRIGGERS``), progress and logs by ``add_events``: not synced (a power cut may
+take back the last ones; a process crash cannot), and the API's watchers are rung after.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ RUNS_KEPT = 50
 class _Executes(Protocol):
     def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor: ...
 
+    def _write(
+        self, sql: str, params: tuple[Any, ...] = (), *, synced: bool = True
+    ) -> tuple[int, list[Any]]: ...
+
+    def _ring(self) -> None: ...
+
 
 class EventsMixin:
     """For ``SqliteTaskStore``: everything here is one or two statements on its connection."""
@@ -34,18 +41,22 @@ class EventsMixin:
         ]
         added: list[str] = []
         for row in rows:  # each only while the task is not final (a late flush is dropped)
-            cur = self._execute(
+            _, seq = self._write(
                 "INSERT INTO events (task_id, type, at, data) SELECT id, ?, ?, ? FROM tasks "
-                "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
+                "WHERE id = ? AND status IN ('QUEUED', 'STARTED') RETURNING seq",
                 row,
+                synced=False,
             )
-            if cur.rowcount == 1:
-                added.append(str(cur.lastrowid))
-        self._execute(
+            if seq:
+                added.append(str(seq[0][0]))
+        self._write(
             "DELETE FROM events WHERE task_id = ? AND seq <= (SELECT seq FROM events "
             "WHERE task_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
             (task_id, task_id, EVENTS_KEPT),
+            synced=False,
         )
+        if added:
+            self._ring()
         return added
 
     def events_after(
@@ -115,10 +126,11 @@ class EventsMixin:
         )
 
     def heartbeat(self: _Executes, worker: WorkerInfo) -> None:
-        self._execute(
+        self._write(
             "INSERT INTO workers (name, entry) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET entry = excluded.entry",
             (worker.name, worker.model_dump_json()),
+            synced=False,
         )
 
     def worker_gone(self: _Executes, name: str) -> None:

@@ -2,6 +2,20 @@
 
 WAL mode lets the API read while a worker writes; every state change is a single
 ``UPDATE ... WHERE status IN (...)`` so the compare-and-set is atomic across processes.
+
+What must outlive a power cut is synced (``synchronous=FULL``: ~4 ms of fsync on this
+kind of disk, under the file's write lock that every writer waits for): an accepted task
+(``create``: on disk before its id is answered) and a cancel (its caller was told). What a
+power cut may take back is not (``_write(synced=False)``): a start, an outcome, an event,
+a heartbeat. Such a task is not lost: its broker message is never deleted while the task is
+not final (a fetch only hides it, engine/embedded.py), so the next ``asyncml up`` finds the
+task unfinished and runs it again, as after a worker kill. A process crash takes back
+nothing: a WAL commit is in the file once committed. After a commit others wait for, the
+store rings the API's watchers (``doorbell.TASKS``).
+
+The writes of every task (create, start, finish) and its events take turns
+(``turns.Turns``) before SQLite's own write lock, so that no writer sleeps in SQLite's
+busy handler.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from asyncml.records import ApiKey, Delivery, ErrorBody, TaskPage, TaskRecord, T
 from asyncml.store.base import Cancelled, FailedDelivery, failed_delivery
 from asyncml.store.dead_letters import DEAD_LETTER_TTL_S, DeadLetter
 from asyncml.store.durability import StoreDurability
+from asyncml.store.sqlite.doorbell import TASKS, ring, wake_dir
 from asyncml.store.sqlite.events import EventsMixin
 from asyncml.store.sqlite.history import HISTORY_INDEXES, HistoryMixin
 from asyncml.store.sqlite.schema import (
@@ -34,6 +49,7 @@ from asyncml.store.sqlite.schema import (
     row_to_record,
     rowid_from,
 )
+from asyncml.store.sqlite.turns import Turns
 
 _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -65,6 +81,8 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         self.ttl_s = ttl_s
         self._local = threading.local()
         self._finishes = 0
+        self.wake = wake_dir(path)
+        self._turns = Turns(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with _schema_lock(path), self._conn() as conn:
             conn.executescript(SCHEMA)
@@ -97,28 +115,55 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
 
+    def _write(
+        self, sql: str, params: tuple[Any, ...] = (), *, synced: bool = True
+    ) -> tuple[int, list[Any]]:
+        """One statement in turn (``turns.Turns``), committed before the turn passes on: its row
+        count and the rows it returned (read whole, since the commit comes after the last).
+        ``synced=False``: without an fsync (see the module's docstring for which writes may
+        be); the connection is back to FULL before anything else runs on it."""
+        conn = self._conn()
+        try:
+            with self._turns.taken():
+                if synced:
+                    cur = conn.execute(sql, params)
+                    return cur.rowcount, cur.fetchall()
+                conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    cur = conn.execute(sql, params)
+                    return cur.rowcount, cur.fetchall()
+                finally:
+                    conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
+
+    def _ring(self) -> None:
+        """After a commit the API's waiters care about; a hint, never an error."""
+        ring(self.wake, TASKS)
+
     def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
-        """One INSERT ... SELECT: the count of the owner's open tasks and the insert are
-        one atomic step, so concurrent submissions cannot overshoot ``max_open``."""
-        cur = self._execute(
-            "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner, queue, input) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
-            "WHERE owner = ? AND status IN ('QUEUED', 'STARTED')) < ?",
-            (
-                record.id,
-                record.kind,
-                record.status.value,
-                record.submitted_at.isoformat(),
-                None if record.callback is None else record.callback.model_dump_json(),
-                record.owner,
-                record.queue,
-                record.input_json,
-                max_open,
-                record.owner,
-                max_open,
-            ),
-        )
-        return cur.rowcount == 1
+        return self.create_many([(record, max_open)])[0]
+
+    def create_many(self, batch: list[tuple[TaskRecord, int]]) -> list[bool]:
+        """Insert each ``(record, max_open)`` in one transaction, so one fsync covers them
+        all (the API's group commit: ``aio``). Each is one INSERT ... SELECT: the count of
+        the owner's open tasks (those just inserted included) and the insert are one atomic
+        step, so concurrent submissions cannot overshoot ``max_open``."""
+        conn = self._conn()
+        try:
+            with self._turns.taken():
+                conn.execute("BEGIN IMMEDIATE")  # a write follows the count: no lock upgrade
+                try:
+                    made = [
+                        conn.execute(_CREATE, _create_params(r, m)).rowcount == 1 for r, m in batch
+                    ]
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
+        return made
 
     def list_tasks(
         self,
@@ -179,13 +224,17 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         self._execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
     def start(self, task_id: str, at: datetime, *, worker: str = "") -> int:
-        row = self._execute(
+        _, rows = self._write(
             "UPDATE tasks SET status = 'STARTED', started_at = COALESCE(started_at, ?), "
             "worker = ?, attempts = attempts + 1 "
             "WHERE id = ? AND status IN ('QUEUED', 'STARTED') RETURNING attempts",
             (at.isoformat(), worker, task_id),
-        ).fetchone()
-        return 0 if row is None else int(row[0])
+            synced=False,
+        )
+        if not rows:
+            return 0
+        self._ring()
+        return int(rows[0][0])
 
     def finish(
         self,
@@ -197,7 +246,7 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         error: ErrorBody | None = None,
         run_s: float | None = None,  # read back from started_at and finished_at
     ) -> bool:
-        cur = self._execute(
+        changed, _ = self._write(
             "UPDATE tasks SET status = ?, finished_at = ?, result = ?, error = ?, expires_at = ? "
             "WHERE id = ? AND status IN ('QUEUED', 'STARTED')",
             (
@@ -208,19 +257,24 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
                 time.time() + self.ttl_s,
                 task_id,
             ),
+            synced=False,  # see the module's docstring: a power cut only makes it run again
         )
+        if changed == 1:
+            self._ring()
         self._finishes += 1
         if self._finishes % _PURGE_EVERY == 0:
             self.purge_expired()
-        return cur.rowcount == 1
+        return changed == 1
 
     def cancel(self, task_id: str, at: datetime) -> Cancelled:
-        cur = self._execute(
+        changed, _ = self._write(
             "UPDATE tasks SET status = 'CANCELLED', finished_at = ?, expires_at = ? "
             "WHERE id = ? AND status = 'QUEUED'",
             (at.isoformat(), time.time() + self.ttl_s, task_id),
         )
-        return Cancelled(self.get(task_id), done=cur.rowcount == 1)
+        if changed == 1:
+            self._ring()
+        return Cancelled(self.get(task_id), done=changed == 1)
 
     def set_delivery(self, task_id: str, event: str, delivery: Delivery) -> None:
         """The failed deliveries are found by ``json_extract`` over the deliveries of the
@@ -328,6 +382,7 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self._turns.close()
 
     # --- dead-letter queue: tasks that killed their worker on every attempt ---------
     # The entry is kept whole as JSON: it is only ever read whole, by id or in order.
@@ -375,6 +430,29 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         live = self._execute("DELETE FROM dead_letters WHERE dead_at > ?", (horizon,)).rowcount
         self._execute("DELETE FROM dead_letters")
         return live
+
+
+_CREATE = (
+    "INSERT INTO tasks (id, kind, status, submitted_at, callback, owner, queue, input) "
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE ? <= 0 OR (SELECT COUNT(*) FROM tasks "
+    "WHERE owner = ? AND status IN ('QUEUED', 'STARTED')) < ?"
+)
+
+
+def _create_params(record: TaskRecord, max_open: int) -> tuple[Any, ...]:
+    return (
+        record.id,
+        record.kind,
+        record.status.value,
+        record.submitted_at.isoformat(),
+        None if record.callback is None else record.callback.model_dump_json(),
+        record.owner,
+        record.queue,
+        record.input_json,
+        max_open,
+        record.owner,
+        max_open,
+    )
 
 
 def _dead_letter_horizon() -> float:
