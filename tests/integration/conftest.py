@@ -192,31 +192,39 @@ def stack_env(
 
 
 @pytest.fixture(scope="session")
-def api_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[ServiceProcess]:
+def stack_processes(
+    stack_env: tuple[dict[str, str], str, Path],
+) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """The session API and its worker, started together and then awaited: each spends
+    seconds importing, which the two cores do side by side."""
     env, base_url, workdir = stack_env
-    process = ServiceProcess("api", ["api"], env=env, workdir=workdir).start()
-    try:
-        wait_until_ready(base_url, process)
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="session")
-def worker_process(stack_env: tuple[dict[str, str], str, Path]) -> Iterator[ServiceProcess]:
-    """One worker with one slot, so queue order is run order in the tests that need it."""
-    env, _, workdir = stack_env
-    process = ServiceProcess(
+    api = ServiceProcess("api", ["api"], env=env, workdir=workdir)
+    worker = ServiceProcess(
         "worker",
         ["worker", "--queues", "audio,euro,webhooks", "--concurrency", "1"],
         env=env,
         workdir=workdir,
-    ).start()
+    )
     try:
-        process.wait_for_line(" ready.")
-        yield process
+        api.start()
+        worker.start()
+        wait_until_ready(base_url, api)
+        worker.wait_for_line(" ready.")
+        yield api, worker
     finally:
-        process.stop()
+        worker.stop()
+        api.stop()
+
+
+@pytest.fixture(scope="session")
+def api_process(stack_processes: tuple[ServiceProcess, ServiceProcess]) -> ServiceProcess:
+    return stack_processes[0]
+
+
+@pytest.fixture(scope="session")
+def worker_process(stack_processes: tuple[ServiceProcess, ServiceProcess]) -> ServiceProcess:
+    """One worker with one slot, so queue order is run order in the tests that need it."""
+    return stack_processes[1]
 
 
 @pytest.fixture(scope="session")
