@@ -55,9 +55,13 @@ def api(
         launch = Launcher(env, workdir)
         servers.callback(launch.stop_all)
         base_url = f"http://127.0.0.1:{port}"
-        wait_until_ready(base_url, launch("api", ["api"]))
-        for queue in ("debug", "webhooks"):
-            worker = launch(f"worker-{queue}", ["worker", "--queues", queue, "--concurrency", "1"])
+        api_role = launch("api", ["api"])  # side by side with the workers, then awaited
+        workers = [
+            launch(f"worker-{queue}", ["worker", "--queues", queue, "--concurrency", "1"])
+            for queue in ("debug", "webhooks")
+        ]
+        wait_until_ready(base_url, api_role)
+        for worker in workers:
             worker.wait_for_line(" ready.")
         with httpx.Client(base_url=base_url, timeout=60) as client:
             yield client

@@ -48,8 +48,9 @@ def api(
         if request.param == "embedded":
             wait_until_ready(base_url, launch("up", ["up", "--concurrency", "1"]))
         else:
-            wait_until_ready(base_url, launch("api", ["api"]))
+            api_role = launch("api", ["api"])  # side by side with the worker, then awaited
             worker = launch("worker", ["worker", "--queues", "debug", "--concurrency", "1"])
+            wait_until_ready(base_url, api_role)
             worker.wait_for_line(" ready.")
         with httpx.Client(base_url=base_url, timeout=60) as client:
             yield client
