@@ -68,6 +68,23 @@ def test_orphan_of_an_unfinished_task_is_made_visible(
     assert broker_rows(settings, "t1") == [True]
 
 
+def test_outcome_taken_back_by_a_power_cut_runs_again_at_the_next_up(
+    engine: Engine, store: SqliteTaskStore, settings: Settings
+) -> None:
+    # An outcome is committed without an fsync; the message it answered must therefore
+    # outlive its acknowledgement, so that recovery finds the task unfinished and reruns it.
+    publish(engine, store, "t1")
+    store.start("t1", utcnow())
+    with Connection(broker_url(settings.data_dir)) as connection:
+        channel: Any = connection.default_channel
+        message = channel.basic_get("audio")
+        assert message is not None
+        channel.basic_ack(message.delivery_tag)
+    assert broker_rows(settings, "t1") == [False]  # acknowledged, still there
+    assert recover_unacked(settings, store) == (1, 0)  # the record says STARTED: rerun
+    assert broker_rows(settings, "t1") == [True]
+
+
 def test_orphan_beside_a_requeued_copy_is_deleted(
     engine: Engine, store: SqliteTaskStore, settings: Settings
 ) -> None:
