@@ -64,11 +64,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
+    # /v1 first: a request is matched against the routes in order, and nearly every
+    # request is a submit or a poll.
+    app.include_router(v1.build_router(registry, settings))
     install_docs(app)
     app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
-    app.include_router(v1.build_router(registry, settings))
     app.include_router(events.build_router())
     app.include_router(classic.build_router(registry))
     app.include_router(v2.build_router(registry))

@@ -46,11 +46,13 @@ _bearer = HTTPBearer(
 async def authenticate(
     request: Request,
     response: Response,
-    services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """Who calls (401 if keys are required and none valid is sent), counted against its
     rate (429 past it); the ``RateLimit-*`` headers go on the answer."""
+    # Not through ServicesDep: FastAPI solves a dependency's own dependencies again on
+    # every request, cached or not, and this one runs on every request.
+    services: Services = request.app.state.services
     header = None if credentials is None else f"Bearer {credentials.credentials}"
     caller = await services.auth.authenticate(header)
     response.headers.update(await services.rates.check(caller))

@@ -227,9 +227,26 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
     router = APIRouter(
         prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(authenticate)]
     )
+    # The routes of one task come first: every poll is matched against the routes before
+    # its own (each kind adds two), so the most frequent request is matched at once.
+    _task_routes(router, registry)
     for kind in registry:
         _submit_route(router, kind)
         _batch_route(router, kind, settings)
+
+    @router.post("/tasks/{kind}", status_code=202, tags=["tasks"], include_in_schema=False)
+    async def submit_unknown(kind: str) -> None:
+        registry.get(kind)  # raises UnknownKind (404) listing the known kinds
+
+    @router.get("/kinds", response_model=list[KindView], tags=["kinds"])
+    async def list_kinds() -> list[KindView]:
+        return [kind_view(k) for k in registry]
+
+    return router
+
+
+def _task_routes(router: APIRouter, registry: Registry) -> None:
+    """Reading, listing and cancelling tasks (none of these paths is a kind's)."""
 
     @router.get("/tasks", response_model=TaskPage, tags=["tasks"])
     async def list_tasks(
@@ -245,10 +262,6 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
             limit=query.limit,
             cursor=query.cursor,
         )
-
-    @router.post("/tasks/{kind}", status_code=202, tags=["tasks"], include_in_schema=False)
-    async def submit_unknown(kind: str) -> None:
-        registry.get(kind)  # raises UnknownKind (404) listing the known kinds
 
     @router.get("/tasks/{task_id}", response_model=TaskRecord, tags=["tasks"])
     async def get_task(
@@ -276,9 +289,3 @@ def build_router(registry: Registry, settings: Settings) -> APIRouter:
         await owned_task(services.store, task_id, caller)  # 404 for another key's task
         record = await services.submitter.cancel(task_id)
         return record
-
-    @router.get("/kinds", response_model=list[KindView], tags=["kinds"])
-    async def list_kinds() -> list[KindView]:
-        return [kind_view(k) for k in registry]
-
-    return router
