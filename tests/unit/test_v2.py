@@ -19,7 +19,7 @@ from tritonclient.http._utils import _get_inference_request
 
 from asyncml.api import create_app
 from asyncml.auth import key_file_line, make_key
-from asyncml.models import pick
+from asyncml.models import TensorInvalid, pick
 from asyncml.models.inputs import InferenceOptions
 from asyncml.models.kinds import PredictionOut
 from asyncml.models.loaders import OutputTypes
@@ -259,6 +259,34 @@ def test_binary_request_values_are_read_as_tritonclient_wrote_them() -> None:
     assert request.id == "r-1"
     assert values[:4] == [[1.0] * 3, [2.0] * 3, [3.0] * 3, [4.0] * 3]
     assert values[4:] == [["basic", "prö"], [True, False]]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "says"),
+    [
+        ("FP64", [1.5, True], "input 'x': true is not a FP64 value"),
+        ("INT64", [[1], [2.5]], "input 'x': 2.5 is not a INT64 value"),
+        ("BOOL", [True, 0], "input 'x': 0 is not a BOOL value"),
+        ("BYTES", ["basic", 1], "input 'x': 1 is not a BYTES value"),
+    ],
+)
+def test_a_json_value_of_another_type_than_its_datatype_is_refused(
+    datatype: str, data: list[Any], says: str
+) -> None:
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": data}]}
+    with pytest.raises(TensorInvalid) as refused:
+        parse_request(json.dumps(body).encode(), None)
+    assert refused.value.message == says
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_binary_nan_or_infinity_is_refused(value: float) -> None:
+    tensor = InferInput("x", [2], "FP32")
+    tensor.set_data_from_numpy(np.array([1.0, value], dtype=np.float32), binary_data=True)
+    body, headers = _body([tensor])
+    with pytest.raises(TensorInvalid) as refused:
+        parse_request(body, headers["Inference-Header-Content-Length"])
+    assert refused.value.message == "input 'x': NaN and infinities are refused"
 
 
 def test_a_binary_response_decodes_with_tritonclient() -> None:

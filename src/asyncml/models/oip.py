@@ -80,10 +80,22 @@ class InferRequest(_Open):
     outputs: list[RequestOutput] | None = Field(default=None, max_length=8)
 
 
+# The Python types of the JSON values each datatype takes (as orjson decodes them: exact
+# types, bool apart from int).
+_JSON_TYPES: dict[str, frozenset[type]] = {
+    **{name: frozenset({int}) for name in NUMPY if name.startswith(("INT", "UINT"))},
+    **{name: frozenset({int, float}) for name in NUMPY if name.startswith("FP")},
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str}),
+}
+
+
 def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [v for item in data for v in _flatten(item)]
-    return [data]
+    if not isinstance(data, list):
+        return [data]
+    if list not in set(map(type, data)):
+        return data  # flat already: the common case, without a copy
+    return [v for item in data for v in _flatten(item)]
 
 
 def _read_bytes_elements(raw: bytes, name: str) -> list[str]:
@@ -106,22 +118,18 @@ def _read_bytes_elements(raw: bytes, name: str) -> list[str]:
 
 
 def _json_values(tensor: RequestInput) -> list[Any]:
+    """The JSON data's values, each of a type the datatype takes (compared as a set of
+    types: per-value checks in Python cost a model of 32 features ~0.2 ms a request).
+
+    No NaN or infinity can be among them: orjson refuses ``NaN`` and ``1e999``.
+    """
     values = _flatten(tensor.data)
-    kind = tensor.datatype
-    for value in values:
-        ok = (
-            isinstance(value, str)
-            if kind == "BYTES"
-            else isinstance(value, bool)
-            if kind == "BOOL"
-            else isinstance(value, int) and not isinstance(value, bool)
-            if kind.startswith(("INT", "UINT"))
-            else isinstance(value, int | float) and not isinstance(value, bool)
+    allowed = _JSON_TYPES[tensor.datatype]
+    if not set(map(type, values)) <= allowed:
+        wrong = next(v for v in values if type(v) not in allowed)
+        raise TensorInvalid(
+            f"input {tensor.name!r}: {json.dumps(wrong)[:40]} is not a {tensor.datatype} value"
         )
-        if not ok:
-            raise TensorInvalid(
-                f"input {tensor.name!r}: {json.dumps(value)[:40]} is not a {kind} value"
-            )
     return values
 
 
@@ -132,7 +140,7 @@ def tensor_values(tensor: RequestInput, raw: bytes | None) -> list[Any]:
             f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}; known: "
             f"{', '.join([*NUMPY, 'BYTES'])}"
         )
-    if any(d < 0 for d in tensor.shape):
+    if min(tensor.shape, default=0) < 0:
         raise TensorInvalid(f"input {tensor.name!r}: shape {tensor.shape} has a negative size")
     if raw is None:
         if tensor.data is None:
@@ -140,22 +148,23 @@ def tensor_values(tensor: RequestInput, raw: bytes | None) -> list[Any]:
         values = _json_values(tensor)
     elif tensor.datatype == "BYTES":
         values = _read_bytes_elements(raw, tensor.name)
-    else:
+    else:  # binary numbers: the only way NaN or an infinity comes in
         dtype = np.dtype(NUMPY[tensor.datatype])
         if len(raw) % dtype.itemsize:
             raise TensorInvalid(
                 f"input {tensor.name!r}: {len(raw)} bytes is not a whole number of "
                 f"{tensor.datatype} elements"
             )
-        values = np.frombuffer(raw, dtype=dtype).tolist()
+        array = np.frombuffer(raw, dtype=dtype)
+        if dtype.kind == "f" and not np.isfinite(array).all():
+            raise TensorInvalid(f"input {tensor.name!r}: NaN and infinities are refused")
+        values = array.tolist()
     expected = math.prod(tensor.shape)
     if len(values) != expected:
         raise TensorInvalid(
             f"input {tensor.name!r}: shape {tensor.shape} holds {expected} elements, "
             f"the data has {len(values)}"
         )
-    if tensor.datatype.startswith("FP") and not all(math.isfinite(v) for v in values):
-        raise TensorInvalid(f"input {tensor.name!r}: NaN and infinities are refused")
     return values
 
 
