@@ -61,3 +61,28 @@ async def authenticate(
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a route of a router guarded by ``authenticate`` works with."""
+
+    services: Services
+    caller: Caller
+
+
+async def current_call(request: Request) -> Call:
+    """The services and the caller ``authenticate`` found for this request, read back.
+
+    For the hot routes (submit, poll): ``ServicesDep`` + ``CallerDep`` cost two more
+    dependency solves per request, and FastAPI solves ``authenticate``'s subtree again
+    even when its value is cached. Only for a router whose ``dependencies`` hold
+    ``Depends(authenticate)`` (they run before a route's own parameters)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:
+        raise RuntimeError("CallDep on a route whose router does not run authenticate")
+    services: Services = request.app.state.services
+    return Call(services, caller)
+
+
+CallDep = Annotated[Call, Depends(current_call)]

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from asyncml.api.deps import CallerDep, ServicesDep, authenticate
+from asyncml.api.deps import CallDep, CallerDep, ServicesDep, authenticate
 from asyncml.api.events import with_standing
 from asyncml.api.schema import (
     CALLBACK_FIELDS,
@@ -93,8 +93,7 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
 
     async def submit(
         body: Annotated[request_model, Body()],  # type: ignore[valid-type]  # built per kind
-        services: ServicesDep,
-        caller: CallerDep,
+        call: CallDep,
         response: Response,
         prefer: PreferHeader = None,
         idempotency_key: Annotated[
@@ -107,10 +106,11 @@ def _submit_route(router: APIRouter, kind: TaskKind[Any, Any]) -> None:
             ),
         ] = None,
     ) -> TaskRecord:
+        services = call.services
         submitted = await services.submitter.submit(
             kind,
             body,
-            caller=caller,
+            caller=call.caller,
             exclude=set(CALLBACK_FIELDS),
             callback=body.callback(),  # type: ignore[attr-defined]  # CallbackFields's
             idempotency_key=idempotency_key,
@@ -266,16 +266,16 @@ def _task_routes(router: APIRouter, registry: Registry) -> None:
     @router.get("/tasks/{task_id}", response_model=TaskRecord, tags=["tasks"])
     async def get_task(
         task_id: TaskId,
-        services: ServicesDep,
-        caller: CallerDep,
+        call: CallDep,
         wait: Annotated[
             float,
             Query(ge=0, le=MAX_WAIT_S, description="Long-poll: seconds to wait for a final state"),
         ] = 0,
     ) -> TaskRecord:
-        record = await owned_task(services.store, task_id, caller, wait_s=wait)
+        store = call.services.store
+        record = await owned_task(store, task_id, call.caller, wait_s=wait)
         if record.status is TaskStatus.QUEUED:
-            record = with_standing(record, await services.store.standing(record))
+            record = with_standing(record, await store.standing(record))
         return record
 
     @router.delete(

@@ -14,6 +14,8 @@ from asyncml.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_ARGS_HIDDEN = "(not shown: the task's input)"
+
 
 def send_bounded(
     app: Celery,
@@ -46,6 +48,11 @@ def send_bounded(
             },
             timeout=timeout,
             confirm_timeout=timeout,
+            # Celery would put a repr of the arguments in the message's headers, where
+            # Flower and the broker's management page show them: they are the task's input
+            # (a URL may hold a password), and the repr cost a tenth of each publish.
+            argsrepr=_ARGS_HIDDEN,
+            kwargsrepr="{}",
         )
     except MessageNacked as exc:
         log.warning("broker refused %s message %s", name, task_id)
