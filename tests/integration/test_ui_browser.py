@@ -28,8 +28,9 @@ from asyncml.records import ErrorBody, TaskRecord, TaskStatus, utcnow
 from asyncml.store.dead_letters import DeadLetter
 from asyncml.store.sqlite import SqliteTaskStore
 
+from .conftest import VhostPool
 from .processes import Launcher, ServiceProcess, service_env, wait_until_ready
-from .services import RabbitMQServer, RedisServer, free_ports
+from .services import RedisServer, free_ports
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -330,16 +331,17 @@ def _create_key(env: dict[str, str], name: str, *operator: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedStack]:
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, rabbitmq_vhosts: VhostPool
+) -> Iterator[KeyedStack]:
     workdir = tmp_path_factory.mktemp("ui-keyed")
     (port,) = free_ports(1)
     with contextlib.ExitStack() as servers:
-        rabbit = servers.enter_context(RabbitMQServer(workdir / "rabbitmq"))
         redis = servers.enter_context(RedisServer(workdir / "redis"))
         env = service_env(
             data_dir=workdir / "data",
             api_port=port,
-            broker_url=rabbit.url,
+            broker_url=rabbitmq_vhosts.url(),
             backend_url=redis.url,
             extra={"ASYNCML_DEBUG_KINDS": "true", "ASYNCML_AUTH": "on"},
         )
@@ -351,10 +353,10 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedStack]:
         launch = Launcher(env, workdir)
         servers.callback(launch.stop_all)
         base_url = f"http://127.0.0.1:{port}"
-        wait_until_ready(base_url, launch("api", ["api"]))
-        launch("worker", ["worker", "--queues", "debug", "--concurrency", "1"]).wait_for_line(
-            " ready."
-        )
+        api_role = launch("api", ["api"])  # side by side with the worker, then awaited
+        worker = launch("worker", ["worker", "--queues", "debug", "--concurrency", "1"])
+        wait_until_ready(base_url, api_role)
+        worker.wait_for_line(" ready.")
         yield KeyedStack(base_url, keys)
 
 
