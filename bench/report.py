@@ -24,6 +24,7 @@ SYSTEMS = {
     "rabbitmq+redis": "asyncml, RabbitMQ + Redis",
     "embedded": "asyncml embedded (`asyncml up`)",
     "bentoml": "BentoML tasks",
+    "ray-serve-async": "Ray Serve asynchronous inference (Celery)",
     "ray-serve": "Ray Serve (HTTP)",
 }
 
@@ -33,7 +34,7 @@ def load(paths: Iterable[Path]) -> dict[str, dict[str, Any]]:
     scenarios: dict[str, dict[str, Any]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
-            if line.strip():
+            if line.startswith('{"scenario"'):  # a run's stdout also holds its tables
                 outcome = json.loads(line)
                 scenarios[outcome["scenario"]] = outcome
     return scenarios
@@ -57,8 +58,8 @@ def _short(text: str) -> str:
 def peers_table(peers: dict[str, Any]) -> list[str]:
     lines = [
         "| system | work | tasks/s, median [min-max] of 3 | p50 / p95 ms at 25 % load | "
-        "CPU ms/task | generator ms/task | RSS MB | queue | survives a worker kill |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "CPU ms/task | generator ms/task | RSS MB | idle CPU % | queue | survives a worker kill |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for row in peers["rows"]:
         cpu = row.get("cpu_ms_per_task") or {}
@@ -68,7 +69,8 @@ def peers_table(peers: dict[str, Any]) -> list[str]:
             f"| {_spread(row.get('tasks_per_s'))} "
             f"| {_num(row.get('p50_ms_at_25'), 0)} / {_num(row.get('p95_ms_at_25'), 0)} "
             f"| {_num(cpu.get('median'))} | {_num(gen.get('median'))} "
-            f"| {_num(row.get('rss_mb'), 0)} | {_short(row['queue'])} "
+            f"| {_num(row.get('rss_mb'), 0)} | {_num(row.get('idle_cpu_pct'))} "
+            f"| {_short(row['queue'])} "
             f"| {_short(row['survives_worker_kill'])} |"
         )
     for failure in peers.get("failures", []):

@@ -1,12 +1,13 @@
 """Issue #19 item 1: the same work through the peers a user would pick instead, and through us.
 
-Four systems, one after the other, on this machine and in one run, driven by the same
+Five systems, one after the other, on this machine and in one run, driven by the same
 generator (loadgen.Route: each system's own way in): RabbitMQ + Redis (`asyncml api` +
 `asyncml worker`, submit + long-poll), the embedded default exactly as `make run` starts it
 (`asyncml up`, no options, bundled models on), BentoML's task endpoints (`@bentoml.task`:
-submit, status every 5 ms, get) and Ray Serve's HTTP deployments (`@serve.batch` for the
-heavy model; its Celery-backed asynchronous inference needs a broker configuration of its
-own, so the bench uses the synchronous path Ray documents first, and says so).
+submit, status every 5 ms, get), Ray Serve's asynchronous inference (its Celery task
+consumer on the run's RabbitMQ and Redis: submit, status every 5 ms; ray_async_app.py) and
+Ray Serve's HTTP deployments (one request held open; `@serve.batch` for the heavy model).
+Each system's idle CPU is measured too: IDLE_WINDOW_S with nothing to do, once it is up.
 
 Three workloads: an echo, `model.iris` from the same ONNX file, the heavy model (heavy_model.py)
 with each system's batching. For each: the closed loop (`RUNS` runs, median and spread;
@@ -22,6 +23,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,12 @@ GUARANTEES = {
         "took the submit; its result in that worker's local store",
         "survives_worker_kill": "no: the task dies with the worker",
     },
+    "ray-serve-async": {
+        "queue": "durable: Celery on the run's RabbitMQ (persistent messages, no publisher "
+        "confirms); results in Redis",
+        "survives_worker_kill": "yes: Ray's Celery adapter acks late and rejects on a lost "
+        "worker, so the message is delivered again",
+    },
     "ray-serve": {
         "queue": "none: a request held open until answered (HTTP deployment)",
         "survives_worker_kill": "no: the request fails; the client must resend it",
@@ -97,6 +105,12 @@ def _workloads(system: str) -> dict[str, tuple[Route, Callable[[int], dict[str, 
             "echo": (Route("bentoml", "echo"), lambda i: {"payload": {"i": i}}),
             "iris": (Route("bentoml", "iris_predict"), lambda i: dict(IRIS_ROW)),
             "heavy": (Route("bentoml", "heavy"), lambda i: {"rows": [_heavy_row(i)]}),
+        }
+    if system == "ray-serve-async":
+        return {
+            "echo": (Route("ray-async", "echo"), lambda i: {"payload": {"i": i}}),
+            "iris": (Route("ray-async", "iris"), lambda i: dict(IRIS_ROW)),
+            "heavy": (Route("ray-async", "heavy"), lambda i: {"row": _heavy_row(i)}),
         }
     return {
         "echo": (Route("sync", "/echo"), lambda i: {"payload": {"i": i}}),
@@ -130,7 +144,15 @@ def _kill_leftovers(pids: list[int]) -> None:
             pass
 
 
-def _peer_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Served:
+def _peer_process(
+    name: str,
+    argv: list[str],
+    workdir: Path,
+    env: dict[str, str],
+    servers: dict[str, int] | None = None,
+) -> Served:
+    """The peer's server started; `servers` (label -> pid) are metered with it: the broker
+    and store a peer runs on count in its CPU, as RabbitMQ and Redis count in ours."""
     from processes import descendants  # tests/integration, on sys.path via stack
     from services import free_ports
 
@@ -141,7 +163,7 @@ def _peer_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
     seen: set[int] = set()
 
     def meter() -> Meter:
-        return Meter({"service": pid_of(process)})
+        return Meter({"service": pid_of(process), **(servers or {})})
 
     def stop() -> None:
         seen.update(descendants(pid_of(process)))
@@ -149,8 +171,8 @@ def _peer_process(name: str, argv: list[str], workdir: Path, env: dict[str, str]
         _kill_leftovers(sorted(seen))
 
     try:
-        if name == "ray-serve":
-            process.wait_for_line(" ready.", timeout=180)
+        if name.startswith("ray-serve"):
+            process.wait_for_line(" ready.", timeout=240)
         else:
             from processes import wait_until_ready
 
@@ -183,12 +205,21 @@ def _start(ctx: Context, system: str, models_dir: Path, heavy_onnx: Path) -> Ser
         BENTOML_HOME=str(workdir / "bentoml"),
         RAY_USAGE_STATS_ENABLED="0",
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # Ray on 127.0.0.1 only (see ray_app.py)
+        # Ray Serve kills its HTTP proxy if it is not ready within 5 s of a check: on a
+        # busy 2-core machine it can take longer to start ("killed by ray.kill").
+        RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="60",
         OMP_NUM_THREADS="1",
     )
     if system == "bentoml":
         argv = [sys.executable, "-m", "bentoml", "serve", "bento_service:Peers"]
         argv += ["--working-dir", str(PEERS_DIR), "--host", "127.0.0.1", "--port", "{port}"]
         return _peer_process("bentoml", argv, workdir, env)
+    if system == "ray-serve-async":
+        _, rabbitmq = ctx.infra.ensure()
+        env["BENCH_RAY_BROKER_URL"] = rabbitmq.url
+        env["BENCH_RAY_BACKEND_URL"] = ctx.infra.redis_url()
+        argv = [sys.executable, str(PEERS_DIR / "ray_async_app.py"), "{port}"]
+        return _peer_process("ray-serve-async", argv, workdir, env, ctx.infra.pids())
     argv = [sys.executable, str(PEERS_DIR / "ray_app.py"), "{port}"]
     return _peer_process("ray-serve", argv, workdir, env)
 
@@ -312,7 +343,25 @@ def _workload_runs(
     }
 
 
-SYSTEMS = ("rabbitmq+redis", "embedded", "bentoml", "ray-serve")
+SYSTEMS = ("rabbitmq+redis", "embedded", "bentoml", "ray-serve-async", "ray-serve")
+PEERS = ("bentoml", "ray-serve-async", "ray-serve")
+IDLE_WINDOW_S = 20.0
+IDLE_SETTLE_S = 5.0
+
+
+def idle_cpu_pct(served: Served) -> float:
+    """CPU of the system's processes over IDLE_WINDOW_S with nothing to do, in % of a core
+    (after IDLE_SETTLE_S, so start-up's tail is not counted as idleness)."""
+    time.sleep(IDLE_SETTLE_S)  # start-up's tail is not idleness; what follows is measured
+    meter = served.meter()
+    began = time.monotonic()
+    meter.start()
+    time.sleep(IDLE_WINDOW_S)  # the idle window is what is measured, not a wait for an event
+    processes = meter.stop()
+    wall = time.monotonic() - began
+    return round(100 * sum(p["cpu_s"] for p in processes.values()) / wall, 2)
+
+
 WORKLOADS = ("echo", "iris", "heavy")
 
 
@@ -343,11 +392,13 @@ def run(ctx: Context) -> dict[str, Any]:
             console.print(f"[red]peers: {system} did not start: {str(exc)[-600:]}[/red]")
             continue
         try:
+            idle = idle_cpu_pct(served)
             for name, (route, make) in _workloads(system).items():
                 if name not in workloads:
                     continue
                 try:
-                    rows.append(_workload_runs(ctx, system, served, name, route, make))
+                    row = _workload_runs(ctx, system, served, name, route, make)
+                    rows.append({**row, "idle_cpu_pct": idle})
                 except Exception as exc:  # one workload failing leaves the others
                     failures.append({"system": system, "stage": name, "error": str(exc)[-2000:]})
                     console.print(f"[red]peers: {system} {name}: {str(exc)[-600:]}[/red]")
@@ -370,7 +421,7 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (us, workload), mine in by.items():
         if us not in ("rabbitmq+redis", "embedded"):
             continue
-        for peer in ("bentoml", "ray-serve"):
+        for peer in PEERS:
             theirs = by.get((peer, workload))
             if theirs is None:
                 continue
@@ -392,7 +443,8 @@ def table(outcome: dict[str, Any]) -> Any:
     from rich.table import Table
 
     t = Table(title="peers: median of closed-loop runs [min-max]; p50/p95 at 25 % of own peak")
-    for col in ("system", "work", "tasks/s", "p50/p95 ms", "CPU ms/task", "gen ms/task", "RSS MB"):
+    columns = ("system", "work", "tasks/s", "p50/p95 ms", "CPU ms/task", "gen ms/task", "RSS MB")
+    for col in (*columns, "idle CPU %"):
         t.add_column(col)
     t.add_column("queue")
     t.add_column("survives worker kill")
@@ -406,6 +458,7 @@ def table(outcome: dict[str, Any]) -> Any:
             f"{cpu['median']:g}",
             f"{gen['median']:g}",
             f"{r['rss_mb']:g}",
+            f"{r.get('idle_cpu_pct', '-')}",
             r["queue"].split(":")[0],
             r["survives_worker_kill"].split(":")[0],
         )
@@ -415,12 +468,8 @@ def table(outcome: dict[str, Any]) -> Any:
             c["workload"],
             f"{c['tasks_per_s_ratio']}",
             f"{c['p50_ratio']}",
-            "",
-            "",
-            "",
-            "",
-            "",
+            *([""] * 6),
         )
     for f in outcome["failures"]:
-        t.add_row(f["system"], f["stage"], "FAILED", f["error"][-120:], "", "", "", "", "")
+        t.add_row(f["system"], f["stage"], "FAILED", f["error"][-120:], *([""] * 6))
     return t
