@@ -246,7 +246,8 @@ class Submitter:
         )
         # Keys are per owner: one key's Idempotency-Key never finds another's task.
         key = None if idempotency_key is None else f"{owner}:{idempotency_key}"
-        fingerprint = _fingerprint(kind, payload, callback)
+        # Only a keyed request is compared with another: the others skip the hash.
+        fingerprint = "" if key is None else _fingerprint(kind, payload, callback)
         if not await self.store.create(record, max_open=max_open):
             if key is not None and (original := await self._original(key, fingerprint, record)):
                 return Submitted(original, replayed=True)
