@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
     )
+    worker_task_events: bool = Field(
+        default=True,
+        description="Workers on RabbitMQ send Celery's task events (three messages a task) "
+        "for Flower; false saves them, and Flower turns them on itself within 5 s of starting.",
+    )
     embedded_poll_interval_s: float = Field(
         default=1.0,
         gt=0,

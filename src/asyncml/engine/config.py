@@ -73,7 +73,8 @@ def celery_config(settings: Settings, registry: Registry) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "worker_enable_remote_control": not embedded,
-        "worker_send_task_events": not embedded,
+        # Three more publishes a task (received, started, succeeded), read only by Flower.
+        "worker_send_task_events": settings.worker_task_events and not embedded,
         # No task-sent event from the API: one more publish per submission, and Flower
         # learns of each task from the worker's task-received event anyway.
         "task_send_sent_event": False,
