@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from asyncml._version import __version__
-from asyncml.api.deps import CallerDep, ServicesDep, authenticate
+from asyncml.api.deps import CallDep, ServicesDep, authenticate
 from asyncml.api.health import readyz
 from asyncml.api.v1 import prefer_wait
 from asyncml.errors import (
@@ -282,13 +282,13 @@ def build_router(registry: Registry) -> APIRouter:
     async def infer(
         name: str,
         request: Request,
-        services: ServicesDep,
-        caller: CallerDep,
+        call: CallDep,  # what the route's authenticate found, read back (api/deps.py)
         prefer: Annotated[str | None, Header(max_length=200)] = None,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
         content_encoding: Annotated[str | None, Header(max_length=50)] = None,
     ) -> Response:
         """One prediction task; answered with its result within the wait."""
+        services = call.services
         kind, model = models.find(name)
         served = model.current()
         version: str | None = request.path_params.get("version")
@@ -312,7 +312,7 @@ def build_router(registry: Registry) -> APIRouter:
         except ValidationError as exc:
             raise TensorInvalid(describe_errors(exc.errors())) from None
         submitted = await services.submitter.submit(
-            kind, inputs, caller=caller, idempotency_key=idempotency_key
+            kind, inputs, caller=call.caller, idempotency_key=idempotency_key
         )
         record = submitted.record
         if prefer and _ASYNC.search(prefer):
