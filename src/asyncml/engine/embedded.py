@@ -40,6 +40,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -65,6 +66,18 @@ SCHEME = "asyncml-sqlite"
 TRANSPORT_ALIASES[SCHEME] = f"{__name__}:SqliteTransport"
 
 
+def _sql(statement: str) -> Any:
+    from sqlalchemy import text
+
+    return text(statement)
+
+
+def _datetime_param(name: str) -> Any:
+    from sqlalchemy import DateTime, bindparam
+
+    return bindparam(name, type_=DateTime)
+
+
 @contextmanager
 def _schema_lock(database: str) -> Iterator[None]:
     """Serialise creating the broker's tables and queue rows across processes."""
@@ -76,6 +89,17 @@ def _schema_lock(database: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+_INSERT_MESSAGE = _sql(
+    "INSERT INTO kombu_message (visible, payload, version, queue_id) "
+    "VALUES (1, :payload, 1, :queue)"
+)
+_NEXT_MESSAGE = _sql(
+    "SELECT id, payload FROM kombu_message WHERE queue_id = :queue AND visible != 0 "
+    "ORDER BY timestamp, id LIMIT 1"
+)
+_HIDE_MESSAGE = _sql(
+    "UPDATE kombu_message SET visible = 0, timestamp = :at, version = version + 1 WHERE id = :id"
+).bindparams(_datetime_param("at"))  # stored as SQLAlchemy's own DateTime writes it
 _turns_lock = threading.Lock()
 _turns_of: dict[str, Turns] = {}
 
@@ -103,28 +127,62 @@ class SqliteChannel(SqlAlchemyChannel):
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         self._session_lock = threading.RLock()
+        self._queue_ids: dict[str, int] = {}
         super().__init__(connection, **kwargs)
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as in kombu-stubs
+        from kombu.utils.json import dumps
         from sqlalchemy import text
+        from sqlalchemy.exc import OperationalError
 
-        with self._session_lock, _turns(self._database()).taken():
-            # An accepted task is on disk before the API answers: this commit syncs the WAL
-            # (and with it every fetch committed before it, see _get).
-            self.session.execute(text("PRAGMA synchronous=FULL"))
-            super()._put(queue, payload, **kwargs)
+        with self._session_lock:
+            queue_id = self._queue_id(queue)
+            body = dumps(payload)
+            with _turns(self._database()).taken():
+                try:
+                    # An accepted task is on disk before the API answers: this commit syncs
+                    # the WAL (and with it every fetch committed before it, see _get).
+                    self.session.execute(text("PRAGMA synchronous=FULL"))
+                    # The row the stock ORM insert writes (its sent_at is set on fetch
+                    # only), without the ORM: ~1.5 ms of the API's CPU per task.
+                    self.session.execute(_INSERT_MESSAGE, {"payload": body, "queue": queue_id})
+                    self.session.commit()
+                except OperationalError:
+                    self.session.rollback()
+                    raise  # the publish fails and can be retried, as the stock one does
         ring(wake_dir(self._database()), queue)  # after the commit: a woken worker finds it
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
         """A fetch only marks its message invisible, and losing that mark (to a power cut,
         not a process crash: WAL) only brings the message back, as a lost worker does. So
         it commits without syncing: a sync costs ~4 ms here, under the file's write lock
-        that every publish and fetch waits for."""
+        that every publish and fetch waits for. The stock fetch's statements, without the
+        ORM (whose row versioning they keep: ``version``)."""
+        from kombu.utils.encoding import bytes_to_str
+        from kombu.utils.json import loads
         from sqlalchemy import text
 
-        with self._session_lock, _turns(self._database()).taken():
-            self.session.execute(text("PRAGMA synchronous=NORMAL"))  # this transaction's
-            return super()._get(queue)
+        with self._session_lock:
+            queue_id = self._queue_id(queue)
+            with _turns(self._database()).taken():
+                session = self.session
+                session.execute(text("PRAGMA synchronous=NORMAL"))  # this transaction's
+                session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+                try:
+                    row = session.execute(_NEXT_MESSAGE, {"queue": queue_id}).first()
+                    if row is None:
+                        raise Empty()
+                    session.execute(_HIDE_MESSAGE, {"id": row[0], "at": datetime.now()})
+                finally:
+                    session.commit()
+        return loads(bytes_to_str(row[1]))
+
+    def _queue_id(self, queue: str) -> int:
+        """Queue rows are never deleted: one look per channel and queue."""
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            queue_id = self._queue_ids[queue] = int(self._get_or_create(queue).id)
+        return queue_id
 
     def _waiting_queues(self, queues: Collection[str]) -> list[str]:
         """Which of ``queues`` hold a visible message: one read, no write lock (WAL readers
