@@ -145,9 +145,10 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
     )
     worker_task_events: bool = Field(
-        default=True,
+        default=False,
         description="Workers on RabbitMQ send Celery's task events (three messages a task) "
-        "for Flower; false saves them, and Flower turns them on itself within 5 s of starting.",
+        "from their start; off, they send them once a monitor asks (asyncml flower does, "
+        "as it starts).",
     )
     embedded_poll_interval_s: float = Field(
         default=1.0,

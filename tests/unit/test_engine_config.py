@@ -16,14 +16,14 @@ def _rabbitmq(tmp_path: Path, **options: object) -> Settings:
     )
 
 
-def test_workers_send_task_events_by_default_so_flower_lists_every_task(tmp_path: Path) -> None:
+def test_workers_send_no_task_events_until_a_monitor_asks_by_default(tmp_path: Path) -> None:
     settings = _rabbitmq(tmp_path)
-    assert celery_config(settings, build_registry(settings))["worker_send_task_events"] is True
-
-
-def test_worker_task_events_false_turns_them_off(tmp_path: Path) -> None:
-    settings = _rabbitmq(tmp_path, worker_task_events=False)
     assert celery_config(settings, build_registry(settings))["worker_send_task_events"] is False
+
+
+def test_worker_task_events_true_sends_them_from_the_start(tmp_path: Path) -> None:
+    settings = _rabbitmq(tmp_path, worker_task_events=True)
+    assert celery_config(settings, build_registry(settings))["worker_send_task_events"] is True
 
 
 def test_embedded_workers_send_no_task_events_whatever_the_setting(tmp_path: Path) -> None:

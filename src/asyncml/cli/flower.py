@@ -129,4 +129,8 @@ def flower(
         highlight=False,
     )
     celery = make_celery(settings, build_registry(settings))
+    # Workers send Celery's task events only when asked (ASYNCML_WORKER_TASK_EVENTS is off by
+    # default: three publishes a task nobody reads without a monitor). Flower asks too, but
+    # only 5 s after it starts; asking now lets it see the tasks of its first seconds.
+    celery.control.enable_events()
     raise typer.Exit(celery.start(argv) or 0)
