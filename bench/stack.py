@@ -21,12 +21,14 @@ for _helpers in (ROOT / "tests" / "integration", ROOT / "tests" / "unit"):
     if str(_helpers) not in sys.path:
         sys.path.insert(0, str(_helpers))
 
+import redis as redis_client  # noqa: E402
 from processes import ServiceProcess, service_env, wait_until_ready  # noqa: E402  # tests/integration, put on sys.path above
 from procstats import Meter, children_map, cmdline, tree  # noqa: E402
 from services import RabbitMQServer, RedisServer, free_ports  # noqa: E402
 
 QUEUES = "audio,euro,debug,webhooks"  # no models queue: ASYNCML_MODELS_BUNDLED=false
 WORKER_CONCURRENCY = 2
+REDIS_DATABASES = 16  # redis-server's default `databases`
 
 # Every guard that would shape the load rather than measure the service is lifted: the
 # benchmark is the only client and wants the service's own ceiling.
@@ -61,9 +63,13 @@ class Infra:
         return self.redis, self.rabbitmq
 
     def redis_url(self) -> str:
-        """A fresh database of the shared Redis for one scenario."""
+        """A fresh database of the shared Redis for one stack: 1 to 15 in turn (Redis has
+        16), emptied before it is handed out again (a run of every scenario starts more than
+        15 stacks; the 16th asked for database 16 and Redis refused it)."""
         redis, _ = self.ensure()
-        db, self._next_db = self._next_db, self._next_db + 1
+        db, self._next_db = self._next_db, self._next_db % (REDIS_DATABASES - 1) + 1
+        with redis_client.Redis(host="127.0.0.1", port=redis.port, db=db) as client:
+            client.flushdb()
         return f"redis://127.0.0.1:{redis.port}/{db}"
 
     def pids(self) -> dict[str, int]:
@@ -176,7 +182,10 @@ class BrokerStack(Stack):
         *,
         queues: str = QUEUES,
         worker_args: tuple[str, ...] = ("--concurrency", str(WORKER_CONCURRENCY)),
+        models_worker: bool = False,
     ) -> None:
+        """`models_worker`: also `asyncml worker --queues models` (its thread pool, where
+        predictions batch), as docs/scaling.md deploys model kinds beside the others."""
         self.infra = infra
         port, env = bench_service_env(workdir, extra_env, infra)
         self.base_url = f"http://127.0.0.1:{port}"
@@ -184,22 +193,29 @@ class BrokerStack(Stack):
         self.worker = worker_process(
             "worker", queues, worker_args, env=env, workdir=workdir
         ).start()
-        self.processes = [self.api, self.worker]
+        self.workers = [self.worker]
+        if models_worker:
+            models = worker_process("models", "models", (), env=env, workdir=workdir)
+            self.workers.append(models.start())
+        self.processes = [self.api, *self.workers]
         try:
-            self.worker.wait_for_line(" ready.", timeout=60)
+            for worker in self.workers:
+                worker.wait_for_line(" ready.", timeout=60)
             wait_until_ready(self.base_url, self.api)
         except BaseException:
             self.stop()
             raise
 
     def meter(self) -> Meter:
-        return Meter({"api": pid_of(self.api), "workers": pid_of(self.worker), **self.infra.pids()})
+        workers = {f"workers{'' if i == 0 else i}": pid_of(w) for i, w in enumerate(self.workers)}
+        return Meter({"api": pid_of(self.api), **workers, **self.infra.pids()})
 
     def pool_pids(self) -> list[int]:
         return _pool_of(pid_of(self.worker), children_map())
 
     def stop(self) -> None:
-        self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
         self.api.stop()
 
 

@@ -193,7 +193,9 @@ def _start(ctx: Context, system: str, models_dir: Path, heavy_onnx: Path) -> Ser
         "ASYNCML_MODELS_PRELOAD": "true",
     }
     if system == "rabbitmq+redis":
-        stack: Stack = BrokerStack(workdir, ctx.infra, env_models, queues="debug,models")
+        stack: Stack = BrokerStack(
+            workdir, ctx.infra, env_models, queues="debug", models_worker=True
+        )
         return Served(stack.base_url, stack.meter, stack.stop)
     if system == "embedded":
         return _up_as_make_run(workdir, env_models)
