@@ -38,11 +38,11 @@ bench-install: install
 	UV_PROJECT_ENVIRONMENT=bench/.venv $(UV) sync --frozen --all-extras --group bench --quiet
 	scripts/ensure-services.sh
 
-# Every scenario but the peers, the curves and the backlog (about 8 minutes).
+# Every scenario but the peers, the curves and the backlog (about 12 minutes).
 bench: bench-install
 	bench/.venv/bin/python bench/run.py main
 
-# The peers (BentoML, Ray Serve's HTTP and asynchronous paths, both our engines: about 12
+# The peers (BentoML, Ray Serve's HTTP and asynchronous paths, both our engines: about 13
 # minutes) and the curves (about 4), each its own target to keep each under 15 minutes.
 bench-peers: bench-install
 	bench/.venv/bin/python bench/run.py peers
