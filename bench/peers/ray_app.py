@@ -84,7 +84,8 @@ def _replica_grpc_on_loopback() -> None:
     replica.add_port_to_grpc_server = on_loopback
 
 
-def main(port: int) -> None:
+def start_serve_on_loopback(port: int) -> None:
+    """A local Ray (2 CPUs, no dashboard) and Serve's HTTP proxy on 127.0.0.1:`port`."""
     import ray
 
     # Every Ray process on loopback too (GCS, raylet, object store), not the host address
@@ -98,6 +99,10 @@ def main(port: int) -> None:
         runtime_env={"worker_process_setup_hook": _replica_grpc_on_loopback},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+
+def main(port: int) -> None:
+    start_serve_on_loopback(port)
     serve.run(Echo.bind(), name="echo", route_prefix="/echo")
     serve.run(Iris.bind(os.environ["BENCH_IRIS_ONNX"]), name="iris", route_prefix="/iris")
     serve.run(Heavy.bind(os.environ["BENCH_HEAVY_ONNX"]), name="heavy", route_prefix="/heavy")

@@ -38,7 +38,7 @@ from ray.serve.task_consumer import (
     task_consumer,
     task_handler,
 )
-from ray_app import BATCH_WAIT_S, MAX_BATCH_SIZE, _replica_grpc_on_loopback, _session
+from ray_app import BATCH_WAIT_S, MAX_BATCH_SIZE, _session, start_serve_on_loopback
 
 QUEUE = "ray_bench"
 CONSUMER_THREADS = 64  # the consumer's Celery thread pool: enough to fill batches of 32
@@ -114,16 +114,7 @@ class Ingress:
 
 
 def main(port: int) -> None:
-    import ray
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        runtime_env={"worker_process_setup_hook": _replica_grpc_on_loopback},
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve_on_loopback(port)
     heavy = Heavy.bind(os.environ["BENCH_HEAVY_ONNX"])
     serve.run(
         Consumer.bind(os.environ["BENCH_IRIS_ONNX"], heavy), name="consumer", route_prefix=None
