@@ -58,7 +58,7 @@ from asyncml.store.sqlite.doorbell import (
     ring,
     wake_dir,
 )
-from asyncml.store.sqlite.turns import Turns
+from asyncml.store.sqlite.turns import Turns, schema_lock
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,6 @@ def _datetime_param(name: str) -> Any:
     from sqlalchemy import DateTime, bindparam
 
     return bindparam(name, type_=DateTime)
-
-
-@contextmanager
-def _schema_lock(database: str) -> Iterator[None]:
-    """Serialise creating the broker's tables and queue rows across processes."""
-    with open(f"{database}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _INSERT_MESSAGE = _sql(
@@ -260,7 +249,7 @@ class SqliteChannel(SqlAlchemyChannel):
     def _open(self) -> Any:
         if self._url() in self._engines:
             return super()._open()
-        with _schema_lock(self._database()):
+        with schema_lock(self._database()):
             return super()._open()
 
     def _get_or_create(self, queue: str) -> Any:
@@ -268,7 +257,7 @@ class SqliteChannel(SqlAlchemyChannel):
             found = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
             if found is not None:
                 return found
-            with _schema_lock(self._database()):
+            with schema_lock(self._database()):
                 # The stock method, now alone across processes: it re-reads, then inserts.
                 return super()._get_or_create(queue)  # type: ignore[misc]  # untyped in the stubs
 

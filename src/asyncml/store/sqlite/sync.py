@@ -20,14 +20,11 @@ busy handler.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,24 +46,10 @@ from asyncml.store.sqlite.schema import (
     row_to_record,
     rowid_from,
 )
-from asyncml.store.sqlite.turns import Turns
+from asyncml.store.sqlite.turns import Turns, schema_lock
 
 _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-
-
-@contextmanager
-def _schema_lock(path: Path) -> Iterator[None]:
-    """The processes of ``asyncml up`` open a fresh data folder's store at once: one at a
-    time switches it to WAL and creates or upgrades its tables (SQLite's own locks made the
-    others fail with "database is locked" or "duplicate column name"). A lock file beside
-    the database holds across processes, as the embedded broker's does."""
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _add_column(conn: sqlite3.Connection, name: str, ddl: str) -> None:
@@ -84,7 +67,7 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         self.wake = wake_dir(path)
         self._turns = Turns(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _schema_lock(path), self._conn() as conn:
+        with schema_lock(path), self._conn() as conn:
             conn.executescript(SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
             for name, ddl in ADDED_COLUMNS.items():  # data folders of earlier versions

@@ -7,6 +7,9 @@ engine's processes (the API's submissions, each worker's fetches and state chang
 more time asleep there than writing. Waiting on ``flock`` of a file beside the database
 instead, a writer is woken the moment the previous one lets go. A writer that does not
 take turns (a CLI command, a rare write) stays safe: SQLite's own lock still decides.
+
+``schema_lock`` is the other lock file beside a database: the processes of ``asyncml up``
+open a fresh data folder at once, and one at a time creates or upgrades its tables.
 """
 
 from __future__ import annotations
@@ -45,3 +48,17 @@ class Turns:
         if fd is not None and getattr(self._local, "pid", None) == os.getpid():
             os.close(fd)
         self._local.fd = None
+
+
+@contextmanager
+def schema_lock(database: str | Path) -> Iterator[None]:
+    """One process at a time creates or upgrades ``database``'s tables (the task store's,
+    the broker's): SQLite's own locks made the others fail with "database is locked",
+    "table already exists" or "duplicate column name". A lock file beside the database
+    holds across processes, where a lock inside one process would not."""
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
