@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
@@ -146,26 +146,32 @@ def _publish_once(data_dir: str, task_id: str, start: Any, outcome: Any) -> None
         engine.close()
 
 
+def _failures_of_processes_started_together(
+    target: Callable[..., None], args: list[tuple[Any, ...]]
+) -> list[str]:
+    """One forked process per ``args``, each handed a start event and an outcome queue
+    after its own arguments; released together; the failures they report (None is none)."""
+    context = multiprocessing.get_context("fork")
+    start, outcome = context.Event(), context.Queue()
+    children = [context.Process(target=target, args=(*a, start, outcome)) for a in args]
+    for child in children:
+        child.start()
+    start.set()
+    failures = [outcome.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(60)
+    return [failure for failure in failures if failure]
+
+
 def test_processes_opening_a_fresh_broker_together_all_publish(settings: Settings) -> None:
     # The API and the workers of `asyncml up` open a fresh data folder's broker at once;
     # only one may create its tables and queue rows, and no publish may fail for it.
-    context = multiprocessing.get_context("fork")
     rounds, processes = 3, 6
     for round_ in range(rounds):
         data_dir = settings.data_dir / f"fresh-{round_}"
         data_dir.mkdir(parents=True)
-        start, outcome = context.Event(), context.Queue()
-        children = [
-            context.Process(target=_publish_once, args=(str(data_dir), f"t{i}", start, outcome))
-            for i in range(processes)
-        ]
-        for child in children:
-            child.start()
-        start.set()
-        failures = [outcome.get(timeout=60) for _ in children]
-        for child in children:
-            child.join(60)
-        assert [failure for failure in failures if failure] == []
+        args = [(str(data_dir), f"t{i}") for i in range(processes)]
+        assert _failures_of_processes_started_together(_publish_once, args) == []
         conn = sqlite3.connect(data_dir / "broker.sqlite3")
         try:
             (count,) = conn.execute("SELECT count(*) FROM kombu_message").fetchone()
@@ -332,21 +338,10 @@ def _open_store_once(path: str, start: Any, outcome: Any) -> None:
 def test_processes_opening_a_fresh_task_store_together_all_open_it(settings: Settings) -> None:
     # Each process of `asyncml up` opens the task store of a fresh data folder and adds
     # the columns of later versions; two finding a column missing at once must both open.
-    context = multiprocessing.get_context("fork")
     for round_ in range(5):
         path = settings.data_dir / f"fresh-store-{round_}" / "tasks.sqlite3"
-        start, outcome = context.Event(), context.Queue()
-        children = [
-            context.Process(target=_open_store_once, args=(str(path), start, outcome))
-            for _ in range(6)
-        ]
-        for child in children:
-            child.start()
-        start.set()
-        failures = [outcome.get(timeout=60) for _ in children]
-        for child in children:
-            child.join(60)
-        assert [failure for failure in failures if failure] == []
+        args = [(str(path),) for _ in range(6)]
+        assert _failures_of_processes_started_together(_open_store_once, args) == []
 
 
 def _queued(task_id: str, owner: str = "") -> TaskRecord:
