@@ -43,6 +43,7 @@ from stack import (
 )
 
 from .context import Context
+from .overhead import IDLE_SETTLE_S, IDLE_WINDOW_S  # the footprint's idle window, as there
 from .tables import console
 
 RUNS = 3  # closed-loop runs per figure: the median and the spread are reported
@@ -347,8 +348,6 @@ def _workload_runs(
 
 SYSTEMS = ("rabbitmq+redis", "embedded", "bentoml", "ray-serve-async", "ray-serve")
 PEERS = ("bentoml", "ray-serve-async", "ray-serve")
-IDLE_WINDOW_S = 20.0
-IDLE_SETTLE_S = 5.0
 
 
 def idle_cpu_pct(served: Served) -> float:
