@@ -52,10 +52,6 @@ _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
-def _add_column(conn: sqlite3.Connection, name: str, ddl: str) -> None:
-    conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
-
-
 class SqliteTaskStore(EventsMixin, HistoryMixin):
     """One connection per thread and process: sqlite3 connections must not cross either."""
 
@@ -72,7 +68,7 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
             for name, ddl in ADDED_COLUMNS.items():  # data folders of earlier versions
                 if name not in columns:
-                    _add_column(conn, name, ddl)
+                    conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {ddl}")
             conn.executescript(INDEXES)
             conn.executescript(HISTORY_INDEXES)
             conn.executescript(TRIGGERS)
@@ -108,15 +104,14 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         conn = self._conn()
         try:
             with self._turns.taken():
-                if synced:
-                    cur = conn.execute(sql, params)
-                    return cur.rowcount, cur.fetchall()
-                conn.execute("PRAGMA synchronous=NORMAL")
+                if not synced:
+                    conn.execute("PRAGMA synchronous=NORMAL")
                 try:
                     cur = conn.execute(sql, params)
                     return cur.rowcount, cur.fetchall()
                 finally:
-                    conn.execute("PRAGMA synchronous=FULL")
+                    if not synced:
+                        conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
 
