@@ -1,5 +1,6 @@
 """Dynamic batching: concurrent callers share one call of the model, each gets its own rows'
-answer, and a bad row fails only its own caller."""
+answer, a bad row fails only its own caller, and a request that finds the model idle does not
+wait for company."""
 
 from __future__ import annotations
 
@@ -37,14 +38,41 @@ class Doubler:
         )
 
 
+class Gated(Doubler):
+    """A Doubler whose first call holds until ``gate`` is set: the model is busy meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = threading.Event()
+        self.gate = threading.Event()
+
+    def predict(self, rows: Sequence[Sequence[Any]]) -> Prediction:
+        if not self.busy.is_set():
+            self.busy.set()
+            self.gate.wait(5)
+        return super().predict(rows)
+
+
 def _many(batcher: Batcher, tables: list[list[list[float]]]) -> list[Any]:
-    with ThreadPoolExecutor(len(tables)) as pool:
+    """Each table's result (or error), asked for at once while the model is busy, so that
+    the requests queue as they do under load."""
+    model = batcher.predictor
+    assert isinstance(model, Gated)
+    with ThreadPoolExecutor(len(tables) + 1) as pool:
+        busy = pool.submit(batcher.predict, [[0.0]], 5)
+        assert model.busy.wait(5)
         futures = [pool.submit(batcher.predict, t, 5) for t in tables]
+        while len(batcher._pending) < len(tables):
+            assert not busy.done()
+            time.sleep(0.001)
+        model.gate.set()
+        assert busy.result()[1] == 1
+        del model.calls[0]
         return [f.exception() or f.result() for f in futures]
 
 
 def test_concurrent_callers_share_calls_and_each_gets_its_own_answer() -> None:
-    model = Doubler()
+    model = Gated()
     batcher = Batcher(model, max_batch_size=8, max_wait_ms=200)
     results = _many(batcher, [[[float(i)]] for i in range(16)])
     for i, (prediction, size) in enumerate(results):
@@ -55,7 +83,7 @@ def test_concurrent_callers_share_calls_and_each_gets_its_own_answer() -> None:
 
 
 def test_a_batch_is_cut_at_max_batch_size_and_never_splits_a_task() -> None:
-    model = Doubler()
+    model = Gated()
     batcher = Batcher(model, max_batch_size=5, max_wait_ms=300)
     results = _many(batcher, [[[1.0], [2.0], [3.0]] for _ in range(4)])
     assert all(r[0].predictions == [2.0, 4.0, 6.0] for r in results)
@@ -63,15 +91,37 @@ def test_a_batch_is_cut_at_max_batch_size_and_never_splits_a_task() -> None:
 
 
 def test_a_lone_caller_waits_no_longer_than_max_wait() -> None:
-    batcher = Batcher(Doubler(), max_batch_size=32, max_wait_ms=50)
-    began = time.monotonic()
-    prediction, size = batcher.predict([[1.0]], 5)
+    model = Gated()
+    batcher = Batcher(model, max_batch_size=32, max_wait_ms=50)
+    ((prediction, size),) = _many(batcher, [[[1.0]]])  # queued behind a busy model
     assert (prediction.predictions, size) == ([2.0], 1)
-    assert time.monotonic() - began < 0.5
+
+
+def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
+    model = Doubler()
+    batcher = Batcher(model, max_batch_size=32, max_wait_ms=60_000)
+    assert batcher.predict([[1.0]], 5)[1] == 1  # within 5 s, not after the 60 s wait
+    time.sleep(0.05)
+    batcher.max_wait_s = 0.02  # idle now for longer than the wait
+    assert batcher.predict([[2.0]], 5)[1] == 1
+    assert model.calls == [1, 1]
+
+
+def test_a_request_that_finds_the_model_recently_busy_waits_for_company() -> None:
+    model = Doubler(delay_s=0.05)
+    batcher = Batcher(model, max_batch_size=2, max_wait_ms=60_000)
+    batcher.predict([[1.0]], 5)  # the model has just run
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.predict, [[2.0]], 5)
+        time.sleep(0.1)
+        assert not first.done()  # held for company, not run alone
+        second = pool.submit(batcher.predict, [[3.0]], 5)
+        assert first.result()[1] == second.result()[1] == 2
+    assert model.calls == [1, 2]
 
 
 def test_a_bad_row_fails_only_its_own_task() -> None:
-    model = Doubler()
+    model = Gated()
     batcher = Batcher(model, max_batch_size=8, max_wait_ms=200)
     results = _many(batcher, [[[1.0]], [[-1.0]], [[3.0]], [[4.0]]])
     assert isinstance(results[1], ValueError)

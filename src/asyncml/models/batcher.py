@@ -6,6 +6,9 @@ model queues), so many tasks of one model are in flight in one process at once, 
 ordinary Celery task with late acks. Each task hands its rows to the model's ``Batcher`` and
 blocks; a batch is cut when it holds ``max_batch_size`` rows or ``max_wait_ms`` after its
 first row arrived, the model runs once on all of it, and each task gets back its own slice.
+A request that finds the model idle for longer than ``max_wait_ms`` runs at once: traffic that
+sparse brings no company within the wait, which would only add to its latency (under load the
+model is never idle that long, and batches form as before).
 The task then stores its result and only then is its message acknowledged, exactly as for
 any other kind: batching changes how the model is called, never how a task is acked.
 
@@ -57,6 +60,7 @@ class Batcher:
         self.name = name
         self._observe = observe  # called with each batch's row count (a metric)
         self._pending: list[_Request] = []
+        self._idle_since = float("-inf")  # when the model's last call ended
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
@@ -80,13 +84,18 @@ class Batcher:
                 for request in batch:
                     if not request.done.done():
                         request.done.set_exception(exc)
+            finally:
+                self._idle_since = time.monotonic()
 
     def _next_batch(self) -> list[_Request]:
-        """Wait for a first request, then until the batch is full or its wait is over."""
+        """Wait for a first request, then until the batch is full or its wait is over; no
+        wait for a request that found the model idle for longer than the wait."""
         with self._cond:
             while not self._pending:
                 self._cond.wait()
-            deadline = self._pending[0].arrived + self.max_wait_s
+            first = self._pending[0].arrived
+            idle = first - self._idle_since > self.max_wait_s
+            deadline = first if idle else first + self.max_wait_s
             while self._rows_pending() < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
