@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-from loadgen import LOOPBACK_TLS, percentiles
+from loadgen import Client, Reply, percentiles
 
 from .context import Context
 from .curves import PLOTS, closed_run, our_service
@@ -72,7 +71,7 @@ async def _submit_all(
     tenth = max(1, n // TENTHS)
     boundary = asyncio.Lock()
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: Client) -> None:
         nonlocal next_index, completed
         while next_index < n:
             index = next_index
@@ -89,12 +88,9 @@ async def _submit_all(
                 async with boundary:  # one store reading per tenth, while submits go on
                     await on_tenth(k, at)
 
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with contextlib.AsyncExitStack() as stack:
         clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60, verify=LOOPBACK_TLS)
-            )
+            await stack.enter_async_context(Client(base_url, timeout_s=60))
             for _ in range(SUBMIT_CLIENTS)
         ]
         started = time.perf_counter()
@@ -105,24 +101,29 @@ async def _submit_all(
 async def _read_latencies(base_url: str, ids: list[str]) -> dict[str, Any]:
     rng = random.Random(19)  # noqa: S311  # which ids to read back, not a secret
     by_id, listing = [], []
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+    async with Client(base_url, timeout_s=60) as client:
         for task_id in rng.sample(ids, min(READS, len(ids))):
             began = time.perf_counter()
             response = await client.get(f"/v1/tasks/{task_id}")
             by_id.append((time.perf_counter() - began) * 1000)
-            response.raise_for_status()
+            _expect_ok(response, "GET /v1/tasks/{id}")
         for _ in range(LISTS):
             began = time.perf_counter()
             response = await client.get("/v1/tasks")
             listing.append((time.perf_counter() - began) * 1000)
-            response.raise_for_status()
+            _expect_ok(response, "GET /v1/tasks")
     return {"get_task_ms": percentiles(by_id), "list_tasks_ms": percentiles(listing)}
+
+
+def _expect_ok(response: Reply, what: str) -> None:
+    if response.status_code != 200:
+        raise RuntimeError(f"{what}: {response.status_code} {response.content[:200]!r}")
 
 
 async def _wait_final(base_url: str, ids: list[str], deadline: float) -> int:
     """Long-poll each id in order until final; the number not final by `deadline`."""
     unfinished = 0
-    async with httpx.AsyncClient(base_url=base_url, timeout=40) as client:
+    async with Client(base_url, timeout_s=40) as client:
         for task_id in ids:
             status = None
             while status not in ("SUCCESS", "FAILURE", "CANCELLED"):

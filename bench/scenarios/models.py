@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from loadgen import LOOPBACK_TLS, LoadResult, Sample
+from loadgen import HTTP_ERRORS, Client, LoadResult, Sample
 from stack import BrokerStack, started
 
 from .context import Context
@@ -326,7 +326,7 @@ def _v2_warm(base_url: str, kind: str, make_input: MakeInput, n: int = 8) -> Non
     """`n` V2 infers, unmeasured, one after the other; fail loudly if one fails."""
     path = f"/v2/models/{kind.removeprefix('model.')}/infer"
     headers = {"Content-Type": "application/json"}
-    with httpx.Client(base_url=base_url, timeout=40, verify=LOOPBACK_TLS) as client:
+    with httpx.Client(base_url=base_url, timeout=40) as client:
         for i in range(n):
             response = client.post(path, content=_v2_body(make_input(i)), headers=headers)
             if response.status_code != 200:
@@ -339,20 +339,17 @@ async def _v2_closed_loop(
     """`MODEL_CLIENTS` clients, each posting an infer and waiting for its answer, then the
     next, for `seconds`: the closed loop of /v1 `Prefer: wait`, on /v2.
 
-    Built as loadgen.run_load builds its clients (308532e): one httpx client (one keep-alive
-    connection) per simulated client, all sharing the loopback TLS context, and the clock
-    starts once they all exist; each client encodes its body once. Without that, 64 TLS
-    contexts made in the measured window (30-150 ms each here) held V2 to half /v1's rate.
+    Built as loadgen.run_load builds its clients: one loadgen.Client (one keep-alive
+    connection) per simulated client, and the clock starts once they all exist; each client
+    encodes its body once. Without that, 64 clients made in the measured window held V2 to
+    half /v1's rate (308532e).
     """
     name = kind.removeprefix("model.")
     result = LoadResult()
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     headers = {"Content-Type": "application/json"}
     async with contextlib.AsyncExitStack() as stack:
         clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(base_url=base_url, limits=limits, timeout=40, verify=LOOPBACK_TLS)
-            )
+            await stack.enter_async_context(Client(base_url, timeout_s=40))
             for _ in range(MODEL_CLIENTS)
         ]
         bodies = [_v2_body(make_input(i)) for i in range(MODEL_CLIENTS)]
@@ -371,7 +368,7 @@ async def _v2_closed_loop(
 
 
 async def _v2_requests(
-    client: httpx.AsyncClient,
+    client: Client,
     path: str,
     body: bytes,
     headers: dict[str, str],
@@ -384,7 +381,7 @@ async def _v2_requests(
         result.requests += 1
         try:
             response = await client.post(path, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             result.errors[type(exc).__name__] += 1
             continue
         sample.submit_end = sample.seen = time.perf_counter()
