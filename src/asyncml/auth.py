@@ -196,9 +196,10 @@ async def owned_task(
     """The caller's task, or 404: another key's task looks exactly like an unknown id.
 
     With ``wait_s``, long-poll until the task is final, but only for the caller's own."""
-    record = await store.get(task_id)
-    if wait_s > 0 and record is not None and record.owner == caller.owner and not record.final:
-        record = await store.wait(task_id, wait_s)
+    if wait_s > 0:
+        record = await store.wait(task_id, wait_s, owner=caller.owner)
+    else:
+        record = await store.get(task_id)
     if record is None or record.owner != caller.owner:
         raise TaskNotFound(f"no task with id {task_id!r}")
     return record

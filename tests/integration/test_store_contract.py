@@ -317,3 +317,19 @@ def test_dead_letter_purge_empties_the_queue(store: TaskStore) -> None:
     assert store.dead_letter_purge() >= 2
     assert store.dead_letter_count() == 0
     assert store.dead_letter_list() == []
+
+
+def test_wait_for_another_owner_returns_its_record_at_once_unwaited(
+    stores: tuple[TaskStore, AsyncTaskStore],
+) -> None:
+    sync, async_store = stores
+    task_id = new_task(sync)  # queued: a wait for its owner would last the whole 20 s
+
+    async def scenario() -> TaskRecord | None:
+        record = await asyncio.wait_for(async_store.wait(task_id, 20, owner="someone-else"), 2)
+        await asyncio.wait_for(async_store.close(), 5)
+        return record
+
+    record = asyncio.run(scenario())
+    assert record is not None and record.status is TaskStatus.QUEUED
+    assert record.owner != "someone-else"  # the caller sees it is not theirs: a 404

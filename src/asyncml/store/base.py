@@ -205,8 +205,12 @@ class AsyncTaskStore(Protocol):
 
     async def cancel(self, task_id: str, at: datetime) -> Cancelled: ...
 
-    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
-        """Return once the task is final or ``timeout_s`` passed, whichever is first."""
+    async def wait(
+        self, task_id: str, timeout_s: float, *, owner: str | None = None
+    ) -> TaskRecord | None:
+        """Return once the task is final or ``timeout_s`` passed, whichever is first. With
+        ``owner``, another owner's record is returned at once, unwaited (its caller answers
+        404): a long-poll reads the record once, not once to check and once to wait."""
         ...
 
     async def events_after(

@@ -168,7 +168,9 @@ class AsyncRedisTaskStore(HistoryMixin):
             )
         return Cancelled(await self.get(task_id), done=before == b"QUEUED")
 
-    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+    async def wait(
+        self, task_id: str, timeout_s: float, *, owner: str | None = None
+    ) -> TaskRecord | None:
         """Register for the task's finish notice, then read the record (a finish that lands
         in between is seen in the record or by the notice), then wait for the notice. The
         record is also re-read every second, so a notice lost while the listener
@@ -177,6 +179,8 @@ class AsyncRedisTaskStore(HistoryMixin):
         self._ensure_listener()
         with self._notices.registered(task_id) as notice:
             record = await self.get(task_id)
+            if record is not None and owner is not None and record.owner != owner:
+                return record
             while record is not None and not record.final:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

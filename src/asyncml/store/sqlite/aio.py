@@ -102,7 +102,9 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
     async def cancel(self, task_id: str, at: datetime) -> Cancelled:
         return await anyio.to_thread.run_sync(self._store.cancel, task_id, at)
 
-    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord | None:
+    async def wait(
+        self, task_id: str, timeout_s: float, *, owner: str | None = None
+    ) -> TaskRecord | None:
         """SQLite cannot notify across processes, so one watcher per API process asks, when
         rung (see the module's docstring), which of the awaited tasks are final (one query
         for all of them), and wakes their requests."""
@@ -110,6 +112,8 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
         with self._notices.registered(task_id) as notice:
             record = await self.get(task_id)
             if record is None or record.final or timeout_s <= 0:
+                return record
+            if owner is not None and record.owner != owner:
                 return record
             self._ensure_watcher()
             with contextlib.suppress(TimeoutError):
