@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,25 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.ceilings.http = http
     runs.append(http)
 
-    redis_server, rabbitmq = ctx.infra.ensure()
+    redis_server, _ = ctx.infra.ensure()
+    with celery_noop_ceiling(ctx) as engine_run:
+        engine = engine_run("engine ceiling (Celery no-op round trip)")
+    ctx.ceilings.engine = engine
+    runs.append(engine)
+    ctx.ceilings.redis_benchmark = _redis_benchmark(redis_server.port, ctx.bounds.clients)
+    embedded = _embedded_engine_ceiling(ctx)
+    # Read by the scenarios that give the embedded engine's figures a ratio (curves, peers).
+    ctx.ceilings.embedded_engine = embedded  # type: ignore[attr-defined]  # see context.py
+    runs.append(embedded)
+    return {"runs": runs, "redis_benchmark": ctx.ceilings.redis_benchmark}
+
+
+@contextlib.contextmanager
+def celery_noop_ceiling(ctx: Context) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """The engine ceiling's worker (`celery_noop.py`) on the run's RabbitMQ and Redis, warmed
+    up; yields `run(name)`, one measured closed-loop run within `ctx.bounds`. The overhead
+    scenario runs it again beside the service, round after round, for same-round ratios."""
+    _, rabbitmq = ctx.infra.ensure()
     backend = ctx.infra.redis_url()
     env = clean_env(
         PYTHONPATH=str(BENCH_DIR), BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend
@@ -69,23 +87,19 @@ def run(ctx: Context) -> dict[str, Any]:
             return lambda: asyncio.run(_celery_round_trips(celery_noop.app, backend, bounds))
 
         load(replace(ctx.bounds, max_tasks=50, seconds=30))()
-        engine = measure(
-            Meter({"workers": pid_of(worker), **ctx.infra.pids()}),
-            load(ctx.bounds),
-            name="engine ceiling (Celery no-op round trip)",
-            engine="rabbitmq+redis",
-        )
+
+        def run(name: str) -> dict[str, Any]:
+            return measure(
+                Meter({"workers": pid_of(worker), **ctx.infra.pids()}),
+                load(ctx.bounds),
+                name=name,
+                engine="rabbitmq+redis",
+            )
+
+        yield run
     finally:
         worker.stop()
         celery_noop.app.close()
-    ctx.ceilings.engine = engine
-    runs.append(engine)
-    ctx.ceilings.redis_benchmark = _redis_benchmark(redis_server.port, ctx.bounds.clients)
-    embedded = _embedded_engine_ceiling(ctx)
-    # Read by the scenarios that give the embedded engine's figures a ratio (curves, peers).
-    ctx.ceilings.embedded_engine = embedded  # type: ignore[attr-defined]  # see context.py
-    runs.append(embedded)
-    return {"runs": runs, "redis_benchmark": ctx.ceilings.redis_benchmark}
 
 
 def _embedded_engine_ceiling(ctx: Context) -> dict[str, Any]:

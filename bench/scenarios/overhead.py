@@ -29,8 +29,9 @@ from stack import (  # ServiceProcess, wait_until_ready: the test helpers stack.
     wait_until_ready,
 )
 
+from .ceilings import celery_noop_ceiling
 from .context import Context
-from .measure import closed_loop, measure, open_loop, target, warm
+from .measure import closed_loop, measure, open_loop, ratios, target, warm
 from .models import IRIS_ROW
 
 # Burst runs submit everything, then wait: sized so the backlog drains in about 15 s.
@@ -45,6 +46,11 @@ LATENCY_25_LIMIT_MS = {"embedded": 100.0, "rabbitmq+redis": 15.0}
 MAKE_RUN_ENV = {"ASYNCML_MODELS_BUNDLED": "true"}
 UP_WORKERS = 2  # `up` starts the prefork worker and the models worker, each printing " ready."
 IDLE_WINDOW_S = 20.0
+# Issue #19: on RabbitMQ + Redis, debug.echo's tasks/s as a share of the Celery no-op
+# ceiling's, the median of ROUNDS rounds each against its own ceiling run.
+ROUNDS = 3
+POLLED_SHARE = 0.5
+WAITED_SHARE = 0.6
 IDLE_SETTLE_S = 5.0
 
 
@@ -133,22 +139,15 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
     else:
         stack = ctx.stack(engine, {})
     model_runs: list[dict[str, Any]] = []
+    outcome: dict[str, Any] = {}
     with started(stack):
         warm(stack, "debug.echo", _make_input, 40)
-        polled = measure(
-            stack,
-            closed_loop(stack, "debug.echo", _make_input, ctx.bounds),
-            name="overhead (debug.echo): submit, then long-poll",
-            engine=engine,
-            kind="debug.echo",
-        )
-        waited = measure(
-            stack,
-            closed_loop(stack, "debug.echo", _make_input, ctx.bounds, prefer_wait_s=10),
-            name="overhead, submit with Prefer: wait=10",
-            engine=engine,
-            kind="debug.echo",
-        )
+        if engine == "rabbitmq+redis":
+            rounds, outcome = _rounds_beside_the_ceiling(ctx, stack)
+            polled, waited = outcome.pop("medians")
+        else:
+            rounds = []
+            polled, waited = _closed_loops(stack, engine, ctx, "")
         # Issue #7: p50 at a load of 25 % of the closed-loop throughput measured just before.
         peak = polled["tasks_per_s"] or 1.0
         if engine == "rabbitmq+redis":
@@ -204,11 +203,87 @@ def _overhead(ctx: Context, engine: str) -> dict[str, Any]:
                         kind="model.iris",
                     )
                 )
-    runs = [ctx.with_ratios(polled), ctx.with_ratios(waited), ctx.with_ratios(burst)]
+    if rounds:
+        runs = rounds  # each with its own round's ceiling ratio, set there
+    else:
+        runs = [ctx.with_ratios(polled), ctx.with_ratios(waited)]
+    runs += [ctx.with_ratios(burst)]
+    if engine == "rabbitmq+redis":  # issue #7: a burst's throughput too, vs the first ceiling
+        share = (burst.get("vs_engine_ceiling") or {}).get("tasks_per_s")
+        target(burst, "tasks/s / engine ceiling >= 0.5", share, 0.5, at_most=False)
     runs += [ctx.with_ratios(run) for run in quarter]
     runs += [ctx.with_ratios(run) for run in model_runs]
-    if engine == "rabbitmq+redis":  # issue #7: throughput >= 50 % of the engine ceiling
-        for run in (polled, waited, burst):
-            share = (run.get("vs_engine_ceiling") or {}).get("tasks_per_s")
-            target(run, "tasks/s / engine ceiling >= 0.5", share, 0.5, at_most=False)
-    return {"runs": runs}
+    return {"runs": runs, **outcome}
+
+
+def _closed_loops(
+    stack: Stack, engine: str, ctx: Context, suffix: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """debug.echo's two closed loops: submit + long-poll, then `Prefer: wait=10`."""
+    polled = measure(
+        stack,
+        closed_loop(stack, "debug.echo", _make_input, ctx.bounds),
+        name=f"overhead (debug.echo): submit, then long-poll{suffix}",
+        engine=engine,
+        kind="debug.echo",
+    )
+    waited = measure(
+        stack,
+        closed_loop(stack, "debug.echo", _make_input, ctx.bounds, prefer_wait_s=10),
+        name=f"overhead, submit with Prefer: wait=10{suffix}",
+        engine=engine,
+        kind="debug.echo",
+    )
+    return polled, waited
+
+
+def _rounds_beside_the_ceiling(
+    ctx: Context, stack: Stack
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Issue #19's overhead target, measured so that the machine's drift cancels out.
+
+    On this 2-core VM the Celery no-op ceiling moved from 272 to 587 tasks/s between runs
+    minutes apart, more than the service moves: a ratio to a ceiling measured once, at the
+    start of the invocation, measured the drift. So ROUNDS rounds run back to back, each a
+    ceiling run then the service's two closed loops, each ratio is taken against its own
+    round's ceiling, and the target is checked on the median of the rounds (with the
+    spread). The runs whose ratio is the median stand for the rest of the scenario."""
+    runs: list[dict[str, Any]] = []
+    shares: dict[str, list[tuple[float, dict[str, Any]]]] = {"polled": [], "waited": []}
+    with celery_noop_ceiling(ctx) as ceiling_run:
+        for k in range(1, ROUNDS + 1):
+            suffix = f", round {k} of {ROUNDS}"
+            ceiling = ceiling_run(f"engine ceiling (Celery no-op round trip){suffix}")
+            polled, waited = _closed_loops(stack, "rabbitmq+redis", ctx, suffix)
+            runs.append(ceiling)
+            for label, run in (("polled", polled), ("waited", waited)):
+                ctx.with_ratios(run)
+                ratios(run, ceiling, "engine_ceiling")  # this round's, not the first one's
+                share = (run["vs_engine_ceiling"] or {}).get("tasks_per_s") or 0.0
+                shares[label].append((share, run))
+                runs.append(run)
+    targets, spread, medians = [], {}, []
+    for label, name, limit in (
+        ("polled", "submit + long-poll", POLLED_SHARE),
+        ("waited", "Prefer: wait", WAITED_SHARE),
+    ):
+        ordered = sorted(shares[label], key=lambda pair: pair[0])
+        median_share, median_run = ordered[len(ordered) // 2]
+        medians.append(median_run)
+        values = [share for share, _ in shares[label]]
+        spread[label] = {"median": median_share, "min": min(values), "max": max(values)}
+        targets.append(
+            {
+                "target": f"{name}: median tasks/s / same-round engine ceiling >= {limit}",
+                "value": median_share,
+                "limit": limit,
+                "op": ">=",
+                "result": "PASS" if median_share >= limit else "MISS",
+                "values": values,
+            }
+        )
+    return runs, {
+        "medians": tuple(medians),
+        "vs_engine_ceiling_rounds": spread,
+        "targets": targets,
+    }
