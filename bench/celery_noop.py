@@ -17,22 +17,27 @@ from celery import Celery
 QUEUE = "bench_noop"
 TASK = "bench.noop"
 
-app = Celery(
-    "bench_noop",
-    broker=os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    backend=os.environ.get("BENCH_BACKEND_URL", "redis://127.0.0.1:6379/0"),
-    set_as_current=False,
-)
-app.conf.update(
-    broker_transport_options={"confirm_publish": True},
-    task_default_queue=QUEUE,
-    task_default_delivery_mode="persistent",
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    result_expires=600,
+
+def make_app(broker_url: str, backend_url: str) -> Celery:
+    """The no-op's app on these servers (the worker's, from its environment, is `app`)."""
+    made = Celery("bench_noop", broker=broker_url, backend=backend_url, set_as_current=False)
+    made.conf.update(
+        broker_transport_options={"confirm_publish": True},
+        task_default_queue=QUEUE,
+        task_default_delivery_mode="persistent",
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        result_expires=600,
+    )
+    return made
+
+
+app = make_app(
+    os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    os.environ.get("BENCH_BACKEND_URL", "redis://127.0.0.1:6379/0"),
 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -73,10 +72,9 @@ def celery_noop_ceiling(ctx: Context) -> Iterator[Callable[[str], dict[str, Any]
     env = clean_env(
         PYTHONPATH=str(BENCH_DIR), BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend
     )
-    # celery_noop reads its URLs when imported: set them first.
-    os.environ.update(BENCH_BROKER_URL=rabbitmq.url, BENCH_BACKEND_URL=backend)
     import celery_noop
 
+    client_app = celery_noop.make_app(rabbitmq.url, backend)  # the worker's reads its env
     argv = [sys.executable, "-m", "celery", "-A", "celery_noop", "worker", "-Q", "bench_noop"]
     argv += ["--concurrency", str(WORKER_CONCURRENCY), "-P", "prefork", "--loglevel", "INFO"]
     worker = command_process("celery-noop", argv, env=env, workdir=ctx.workdir)
@@ -84,7 +82,7 @@ def celery_noop_ceiling(ctx: Context) -> Iterator[Callable[[str], dict[str, Any]
         worker.wait_for_line(" ready.", timeout=60)
 
         def load(bounds: Bounds) -> Callable[[], LoadResult]:
-            return lambda: asyncio.run(_celery_round_trips(celery_noop.app, backend, bounds))
+            return lambda: asyncio.run(_celery_round_trips(client_app, backend, bounds))
 
         load(replace(ctx.bounds, max_tasks=50, seconds=30))()
 
@@ -99,7 +97,7 @@ def celery_noop_ceiling(ctx: Context) -> Iterator[Callable[[str], dict[str, Any]
         yield run
     finally:
         worker.stop()
-        celery_noop.app.close()
+        client_app.close()
 
 
 def _embedded_engine_ceiling(ctx: Context) -> dict[str, Any]:

@@ -103,6 +103,10 @@ def print_table(scenario: str, outcome: dict[str, Any], *, clients: int) -> None
         console.print(f"note: {outcome['note']}")
     for problem in outcome.get("problems", []):
         console.print(f"problem: {problem}")
+    for entry in outcome.get("targets", []):  # a scenario's own, over several runs
+        values = entry.get("values")
+        spread = f" (runs: {', '.join(f'{v:g}' for v in values)})" if values else ""
+        console.print(f"target: {entry['target']}: {entry['result']} ({entry['value']}){spread}")
     if outcome.get("redis_benchmark"):
         figures = ", ".join(f"{k} {v:.0f}" for k, v in outcome["redis_benchmark"].items())
         console.print(f"redis-benchmark (-c {clients}): {figures}")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from asyncml.models import Batcher, Prediction
+from asyncml.models import batcher as batcher_module
 from asyncml.models.loaders import OutputTypes
 
 
@@ -91,19 +92,36 @@ def test_a_batch_is_cut_at_max_batch_size_and_never_splits_a_task() -> None:
 
 
 def test_a_lone_caller_waits_no_longer_than_max_wait() -> None:
-    model = Gated()
-    batcher = Batcher(model, max_batch_size=32, max_wait_ms=50)
-    ((prediction, size),) = _many(batcher, [[[1.0]]])  # queued behind a busy model
+    model = Doubler()
+    batcher = Batcher(model, max_batch_size=32, max_wait_ms=300)
+    batcher.predict([[0.0]], 5)  # the model has just run: the next request waits for company
+    began = time.monotonic()
+    prediction, size = batcher.predict([[1.0]], 5)  # none comes: cut at max_wait
+    waited = time.monotonic() - began
     assert (prediction.predictions, size) == ([2.0], 1)
+    assert 0.3 <= waited < 3.0
 
 
-def test_a_request_that_finds_the_model_idle_runs_at_once() -> None:
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_request_that_finds_the_model_idle_runs_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(batcher_module, "time", clock)
     model = Doubler()
     batcher = Batcher(model, max_batch_size=32, max_wait_ms=60_000)
-    assert batcher.predict([[1.0]], 5)[1] == 1  # within 5 s, not after the 60 s wait
-    time.sleep(0.05)
-    batcher.max_wait_s = 0.02  # idle now for longer than the wait
-    assert batcher.predict([[2.0]], 5)[1] == 1
+    assert batcher.predict([[1.0]], 5)[1] == 1  # first ever: within 5 s, not after 60 s
+    clock.now += 120  # idle for twice the wait
+    assert batcher.predict([[2.0]], 5)[1] == 1  # at once again
     assert model.calls == [1, 1]
 
 
