@@ -58,6 +58,7 @@ from asyncml.store.sqlite.doorbell import (
     ring,
     wake_dir,
 )
+from asyncml.store.sqlite.group_commit import GroupCommit
 from asyncml.store.sqlite.turns import Turns, schema_lock
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ _HIDE_MESSAGE = _sql(
 ).bindparams(_datetime_param("at"))  # stored as SQLAlchemy's own DateTime writes it
 _turns_lock = threading.Lock()
 _turns_of: dict[str, Turns] = {}
+_publishes_of: dict[str, GroupCommit[tuple[int, str]]] = {}
 
 
 def _turns(database: str) -> Turns:
@@ -100,6 +102,15 @@ def _turns(database: str) -> Turns:
         found = _turns_of.get(database)
         if found is None:
             found = _turns_of[database] = Turns(database)
+        return found
+
+
+def _publishes(database: str) -> GroupCommit[tuple[int, str]]:
+    """This process's publishes to the broker file, committed in groups (group_commit.py)."""
+    with _turns_lock:
+        found = _publishes_of.get(database)
+        if found is None:
+            found = _publishes_of[database] = GroupCommit()
         return found
 
 
@@ -124,22 +135,27 @@ class SqliteChannel(SqlAlchemyChannel):
         from sqlalchemy import text
         from sqlalchemy.exc import OperationalError
 
+        def write(messages: list[tuple[int, str]]) -> None:
+            try:
+                # An accepted task is on disk before the API answers: this commit syncs
+                # the WAL (and with it every fetch committed before it, see _get).
+                self.session.execute(text("PRAGMA synchronous=FULL"))
+                # The row the stock ORM insert writes (its sent_at is set on fetch
+                # only), without the ORM: ~1.5 ms of the API's CPU per task.
+                self.session.execute(
+                    _INSERT_MESSAGE, [{"queue": q, "payload": b} for q, b in messages]
+                )
+                self.session.commit()
+            except OperationalError:
+                self.session.rollback()
+                raise  # the publish fails and can be retried, as the stock one does
+
+        database = self._database()
         with self._session_lock:
-            queue_id = self._queue_id(queue)
-            body = dumps(payload)
-            with _turns(self._database()).taken():
-                try:
-                    # An accepted task is on disk before the API answers: this commit syncs
-                    # the WAL (and with it every fetch committed before it, see _get).
-                    self.session.execute(text("PRAGMA synchronous=FULL"))
-                    # The row the stock ORM insert writes (its sent_at is set on fetch
-                    # only), without the ORM: ~1.5 ms of the API's CPU per task.
-                    self.session.execute(_INSERT_MESSAGE, {"payload": body, "queue": queue_id})
-                    self.session.commit()
-                except OperationalError:
-                    self.session.rollback()
-                    raise  # the publish fails and can be retried, as the stock one does
-        ring(wake_dir(self._database()), queue)  # after the commit: a woken worker finds it
+            message = (self._queue_id(queue), dumps(payload))
+            # Publishes of this process that arrive during a commit share the next one.
+            _publishes(database).submit(message, _turns(database).taken, write)
+        ring(wake_dir(database), queue)  # after the commit: a woken worker finds it
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
         """A fetch only marks its message invisible, and losing that mark (to a power cut,
