@@ -130,18 +130,23 @@ def warm(
         raise RuntimeError(f"warm-up of {kind} on {stack.engine}: {summary}")
 
 
-def target(
-    run: dict[str, Any], name: str, value: float | None, limit: float, *, at_most: bool
-) -> dict[str, Any]:
-    """Record one target of issue #7/#10 on `run`: PASS when value <= (or >=) limit."""
+def target_entry(name: str, value: float | None, limit: float, *, at_most: bool) -> dict[str, Any]:
+    """One target's verdict: PASS when value <= (or >=) limit."""
     ok = value is not None and (value <= limit if at_most else value >= limit)
-    entry = {
+    return {
         "target": name,
         "value": value,
         "limit": limit,
         "op": "<=" if at_most else ">=",
         "result": "PASS" if ok else "MISS",
     }
+
+
+def target(
+    run: dict[str, Any], name: str, value: float | None, limit: float, *, at_most: bool
+) -> dict[str, Any]:
+    """Record one target of issue #7/#10 on `run` (`target_entry`)."""
+    entry = target_entry(name, value, limit, at_most=at_most)
     run.setdefault("targets", []).append(entry)
     return entry
 

@@ -90,27 +90,29 @@ _NEXT_MESSAGE = _sql(
 _HIDE_MESSAGE = _sql(
     "UPDATE kombu_message SET visible = 0, timestamp = :at, version = version + 1 WHERE id = :id"
 ).bindparams(_datetime_param("at"))  # stored as SQLAlchemy's own DateTime writes it
-_turns_lock = threading.Lock()
-_turns_of: dict[str, Turns] = {}
-_publishes_of: dict[str, GroupCommit[tuple[int, str]]] = {}
 
 
-def _turns(database: str) -> Turns:
-    """The broker file's writers take turns (store/sqlite/turns.py): the API's publishes
-    and every worker's fetches, which otherwise slept in SQLite's busy handler."""
-    with _turns_lock:
-        found = _turns_of.get(database)
+class _BrokerFile:
+    """What this process's channels share for one broker file.
+
+    ``turns``: its writers take turns (store/sqlite/turns.py), the API's publishes and every
+    worker's fetches, which otherwise slept in SQLite's busy handler. ``publishes``: the
+    publishes that arrive during a commit share the next one (group_commit.py)."""
+
+    def __init__(self, database: str) -> None:
+        self.turns = Turns(database)
+        self.publishes: GroupCommit[tuple[int, str]] = GroupCommit()
+
+
+_files_lock = threading.Lock()
+_files: dict[str, _BrokerFile] = {}
+
+
+def _file(database: str) -> _BrokerFile:
+    with _files_lock:
+        found = _files.get(database)
         if found is None:
-            found = _turns_of[database] = Turns(database)
-        return found
-
-
-def _publishes(database: str) -> GroupCommit[tuple[int, str]]:
-    """This process's publishes to the broker file, committed in groups (group_commit.py)."""
-    with _turns_lock:
-        found = _publishes_of.get(database)
-        if found is None:
-            found = _publishes_of[database] = GroupCommit()
+            found = _files[database] = _BrokerFile(database)
         return found
 
 
@@ -154,7 +156,8 @@ class SqliteChannel(SqlAlchemyChannel):
         with self._session_lock:
             message = (self._queue_id(queue), dumps(payload))
             # Publishes of this process that arrive during a commit share the next one.
-            _publishes(database).submit(message, _turns(database).taken, write)
+            shared = _file(database)
+            shared.publishes.submit(message, shared.turns.taken, write)
         ring(wake_dir(database), queue)  # after the commit: a woken worker finds it
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
@@ -169,7 +172,7 @@ class SqliteChannel(SqlAlchemyChannel):
 
         with self._session_lock:
             queue_id = self._queue_id(queue)
-            with _turns(self._database()).taken():
+            with _file(self._database()).turns.taken():
                 session = self.session
                 session.execute(text("PRAGMA synchronous=NORMAL"))  # this transaction's
                 session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
