@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         description="How long an idle embedded worker waits for a publisher's wake-up before "
         "it looks at SQLite anyway (the fallback for a missed wake-up).",
     )
+    embedded_sweep_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often `asyncml up` deletes the embedded broker's fetched messages "
+        "of finished tasks (the stock transport never deletes a message).",
+    )
     publish_timeout_s: float = Field(
         default=5.0,
         gt=0,

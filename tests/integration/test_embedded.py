@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,39 @@ def test_queued_tasks_survive_a_restart(
         tasks = [wait_final(api, i) for i in ids]
     assert [t["status"] for t in tasks] == ["SUCCESS"] * 3
     assert [round(t["result"]["audio_length"]) for t in tasks] == [5, 30, 30]
+
+
+def test_running_up_deletes_the_messages_of_finished_tasks(
+    embedded: tuple[Launcher, str],
+) -> None:
+    launch, base_url = embedded
+    launch.env.update(
+        ASYNCML_EMBEDDED_SWEEP_INTERVAL_S="0.5",
+        ASYNCML_DEBUG_KINDS="true",
+        ASYNCML_MODELS_BUNDLED="false",
+    )
+    up = launch("up", ["up", "--concurrency", "2"])
+    wait_until_ready(base_url, up)
+    with httpx.Client(base_url=base_url, timeout=40) as api:
+        ids = [
+            api.post("/v1/tasks/debug.echo", json={"payload": {"n": n}}).json()["id"]
+            for n in range(6)
+        ]
+        assert [wait_final(api, i)["status"] for i in ids] == ["SUCCESS"] * 6
+    broker = Path(launch.env["ASYNCML_DATA_DIR"]) / "broker.sqlite3"
+    deadline = time.monotonic() + 15
+    while (left := _messages_of(broker, ids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == 0  # swept while `up` runs, not kept until the next start
+
+
+def _messages_of(broker: Path, task_ids: list[str]) -> int:
+    conn = sqlite3.connect(broker, timeout=10)
+    try:
+        payloads = [row[0] for row in conn.execute("SELECT payload FROM kombu_message")]
+    finally:
+        conn.close()
+    return sum(1 for payload in payloads for task_id in task_ids if task_id in payload)
 
 
 def test_cancelled_task_never_runs_on_the_embedded_broker(

@@ -18,7 +18,9 @@ from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
 
 from asyncml.engine import Engine
-from asyncml.engine.embedded import broker_url, exclusive, recover_unacked
+from asyncml.engine.embedded import broker_url
+from asyncml.engine.embedded_upkeep import exclusive, recover_unacked, sweep_finished
+from asyncml.engine.publish import send_bounded
 from asyncml.registry import default_registry
 from asyncml.settings import Settings
 from asyncml.store import TaskRecord, TaskStatus, utcnow
@@ -121,6 +123,56 @@ def test_waiting_messages_are_left_alone(
     publish(engine, store, "t1")
     assert recover_unacked(settings, store) == (0, 0)
     assert broker_rows(settings, "t1") == [True]
+
+
+def test_sweep_deletes_the_fetched_messages_of_final_or_gone_tasks_only(
+    engine: Engine, store: SqliteTaskStore, settings: Settings
+) -> None:
+    for task_id in ("done", "running", "cancelled", "gone"):
+        publish(engine, store, task_id)
+    for task_id in ("done", "running", "gone"):
+        hide(settings, task_id)  # fetched by a worker
+    store.finish("done", TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.0})
+    store.start("running", utcnow())
+    store.cancel("cancelled", utcnow())  # final, but its message was never fetched
+    store.delete("gone")  # expired, or its submission was undone
+    assert sweep_finished(settings, store) == 2
+    assert broker_rows(settings, "done") == []
+    assert broker_rows(settings, "gone") == []
+    assert broker_rows(settings, "running") == [False]  # its worker still holds it
+    assert broker_rows(settings, "cancelled") == [True]  # a worker fetches it and skips it
+
+
+def test_sweep_puts_the_outcomes_on_disk_before_it_deletes_their_messages(
+    engine: Engine, settings: Settings
+) -> None:
+    # An outcome is committed without an fsync: were its message deleted first, a power
+    # cut could leave the task unfinished with no message to run it again.
+    seen_at_sync: list[list[bool]] = []
+
+    class Recording(SqliteTaskStore):
+        def make_durable(self) -> None:
+            seen_at_sync.append(broker_rows(settings, "t1"))
+            super().make_durable()
+
+    store = Recording(settings.store_path(), ttl_s=settings.result_ttl_s)
+    publish(engine, store, "t1")
+    hide(settings, "t1")
+    store.finish("t1", TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.0})
+    assert sweep_finished(settings, store) == 1
+    assert seen_at_sync == [[False]]  # the message was still there when the sync ran
+    assert broker_rows(settings, "t1") == []
+    store.close()
+
+
+def test_sweep_leaves_webhook_attempts_to_the_next_start(
+    engine: Engine, store: SqliteTaskStore, settings: Settings
+) -> None:
+    # A worker holds a webhook attempt through its back-off: only recovery may judge it.
+    send_bounded(engine.celery, settings, "asyncml.notice", [], queue="audio", task_id="notice:n1")
+    hide(settings, "notice:n1")
+    assert sweep_finished(settings, store) == 0
+    assert broker_rows(settings, "notice:n1") == [False]
 
 
 def test_second_up_on_the_same_data_folder_is_refused(settings: Settings) -> None:

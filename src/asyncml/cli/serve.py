@@ -158,7 +158,7 @@ def up(
         console.print(f"asyncml up: API on {_api_url(settings)}, broker {where}", highlight=False)
         raise typer.Exit(Supervisor(children, env=_children_env(settings)).run())
 
-    from asyncml.engine.embedded import exclusive, recover_unacked
+    from asyncml.engine.embedded_upkeep import exclusive, recover_unacked, sweeping
     from asyncml.store import open_store
 
     def recovery(queues: list[str]) -> Callable[[], None]:
@@ -177,7 +177,7 @@ def up(
         *(Child(name, argv, before_start=recovery(queues)) for name, argv, queues in workers),
     ]
     try:
-        with exclusive(settings.data_dir):
+        with exclusive(settings.data_dir), sweeping(settings):
             console.print(
                 f"asyncml up: API on {_api_url(settings)}, embedded engine in "
                 f"{settings.data_dir.resolve()}; Ctrl-C to stop",

@@ -5,10 +5,11 @@ Four gaps of the stock transport are closed here:
 * it hands its transport options to ``create_engine``, so the virtual transport's
   ``polling_interval`` cannot be set through them; the subclass takes it out first and
   gives SQLite a lock timeout so the API and the workers can write at the same time;
-* it marks a fetched message invisible and never deletes it; a worker killed before it
-  acked leaves its message invisible for ever. :func:`recover_unacked` runs when
-  ``asyncml up`` starts (no worker of this data folder is alive then): it makes such
-  messages visible again when their task is not final, and deletes the rest;
+* it marks a fetched message invisible and never deletes it, not even on an ack; a worker
+  killed before it acked leaves its message invisible for ever, and the file keeps every
+  message. ``asyncml up`` closes that gap (engine/embedded_upkeep.py): before a worker
+  starts it makes such messages visible again when their task is not final, and while it
+  runs it deletes the fetched messages of finished tasks;
 * it creates its tables and queue rows with a lock that holds only within one process;
   the API and the workers of a fresh data folder start together, and the loser of that
   race got "table already exists" (which kombu's retry turns into a closed channel and an
@@ -27,19 +28,16 @@ Four gaps of the stock transport are closed here:
   doorbell itself lives with the store (store/sqlite/doorbell.py), which rings the API's
   waiters the same way.
 
-Over 350 lines because the transport's gaps, its wake-ups and the recovery of unacked
-messages share the channel's schema and locks; the wake-ups are the first to move out.
+Over 350 lines because the transport's gaps and its wake-ups share the channel's schema
+and locks; the wake-ups are the first to move out.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from time import monotonic
@@ -51,7 +49,6 @@ from kombu.transport.sqlalchemy import Transport as SqlAlchemyTransport
 from kombu.transport.virtual import Empty
 
 from asyncml.settings import Settings
-from asyncml.store import TaskStore
 from asyncml.store.sqlite.doorbell import (
     DEFAULT_FALLBACK_POLL_S,
     Doorbell,
@@ -108,7 +105,7 @@ _files_lock = threading.Lock()
 _files: dict[str, _BrokerFile] = {}
 
 
-def _file(database: str) -> _BrokerFile:
+def broker_file(database: str) -> _BrokerFile:
     with _files_lock:
         found = _files.get(database)
         if found is None:
@@ -156,7 +153,7 @@ class SqliteChannel(SqlAlchemyChannel):
         with self._session_lock:
             message = (self._queue_id(queue), dumps(payload))
             # Publishes of this process that arrive during a commit share the next one.
-            shared = _file(database)
+            shared = broker_file(database)
             shared.publishes.submit(message, shared.turns.taken, write)
         ring(wake_dir(database), queue)  # after the commit: a woken worker finds it
 
@@ -172,7 +169,7 @@ class SqliteChannel(SqlAlchemyChannel):
 
         with self._session_lock:
             queue_id = self._queue_id(queue)
-            with _file(self._database()).turns.taken():
+            with broker_file(self._database()).turns.taken():
                 session = self.session
                 session.execute(text("PRAGMA synchronous=NORMAL"))  # this transaction's
                 session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
@@ -341,92 +338,6 @@ class SqliteTransport(SqlAlchemyTransport):
 
 def broker_url(data_dir: Path) -> str:
     return f"{SCHEME}+sqlite:///{(data_dir / 'broker.sqlite3').resolve()}"
-
-
-def recover_unacked(
-    settings: Settings, store: TaskStore, queues: Collection[str] | None = None
-) -> tuple[int, int]:
-    """Return (restored, deleted) counts of messages in the embedded broker.
-
-    Run only while no worker of this data folder consuming these ``queues`` (default: all)
-    is alive. For each task that is not
-    final, exactly one message stays: a visible one if the task was already requeued
-    (Celery puts a fresh copy back when a worker is lost), else its invisible orphan made
-    visible again. Every other copy, and every message of a final or expired task, goes.
-    """
-    path = (settings.data_dir / "broker.sqlite3").resolve()
-    if not path.exists():
-        return (0, 0)
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        try:
-            named = conn.execute(
-                "SELECT m.id, m.visible, m.payload, q.name FROM kombu_message m "
-                "JOIN kombu_queue q ON q.id = m.queue_id ORDER BY m.id"
-            ).fetchall()
-            rows = [r[:3] for r in named if queues is None or r[3] in queues]
-        except sqlite3.OperationalError:  # no table yet: nothing was ever queued
-            return (0, 0)
-        by_task: dict[str, list[tuple[int, bool]]] = {}
-        delete: list[int] = []
-        restore: list[int] = []
-        for msg_id, visible, payload in rows:
-            task_id = _task_id(payload)
-            if task_id is None:
-                continue  # not ours to judge
-            if task_id.startswith("notice:"):
-                # A webhook attempt (maybe waiting out its back-off): bring it back; the
-                # delivery task skips it if its notice was settled meanwhile.
-                if not visible:
-                    restore.append(msg_id)
-                continue
-            by_task.setdefault(task_id, []).append((msg_id, bool(visible)))
-        for task_id, messages in by_task.items():
-            hidden = [m for m, visible in messages if not visible]
-            if not hidden:
-                continue
-            record = store.get(task_id)
-            if record is None or record.final:
-                delete.extend(m for m, _ in messages)
-            elif any(visible for _, visible in messages):
-                delete.extend(hidden)
-            else:
-                restore.append(hidden[0])
-                delete.extend(hidden[1:])
-        with conn:
-            conn.executemany(
-                "UPDATE kombu_message SET visible = 1 WHERE id = ?", [(i,) for i in restore]
-            )
-            conn.executemany("DELETE FROM kombu_message WHERE id = ?", [(i,) for i in delete])
-    finally:
-        conn.close()
-    if restore:
-        log.warning("embedded broker: restored %d unacknowledged task(s)", len(restore))
-    return (len(restore), len(delete))
-
-
-@contextmanager
-def exclusive(data_dir: Path) -> Iterator[None]:
-    """Hold the data folder for one ``asyncml up``: recovery assumes no other worker."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "up.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another asyncml up is running on {data_dir.resolve()}; "
-                "stop it or set ASYNCML_DATA_DIR to another folder"
-            ) from None
-        yield
-
-
-def _task_id(payload: str) -> str | None:
-    try:
-        message = json.loads(payload)
-        task_id = message.get("headers", {}).get("id")
-    except (ValueError, AttributeError):
-        return None
-    return task_id if isinstance(task_id, str) else None
 
 
 def waiting_messages(settings: Settings, queues: list[str]) -> dict[str, int]:

@@ -7,8 +7,8 @@ What must outlive a power cut is synced (``synchronous=FULL``: ~4 ms of fsync on
 kind of disk, under the file's write lock that every writer waits for): an accepted task
 (``create``: on disk before its id is answered) and a cancel (its caller was told). What a
 power cut may take back is not (``_write(synced=False)``): a start, an outcome, an event,
-a heartbeat. Such a task is not lost: its broker message is never deleted while the task is
-not final (a fetch only hides it, engine/embedded.py), so the next ``asyncml up`` finds the
+a heartbeat. Such a task is not lost: its broker message is never deleted before the task is
+final on disk (a fetch only hides it: engine/embedded_upkeep.py), so the next ``asyncml up`` finds the
 task unfinished and runs it again, as after a worker kill. A process crash takes back
 nothing: a WAL commit is in the file once committed. After a commit others wait for, the
 store rings the API's watchers (``doorbell.TASKS``).
@@ -335,6 +335,21 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
     def purge_expired(self) -> int:
         cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
         return cur.rowcount
+
+    def make_durable(self) -> None:
+        """Put every commit made so far, by any process, on disk: what a commit with
+        ``synchronous=FULL`` does for itself, for the commits that skipped it. In WAL mode a
+        commit is in the ``-wal`` file, or, once checkpointed, in the database file, which
+        SQLite syncs before it reuses the ``-wal`` file; syncing both covers both."""
+        for name in (f"{self.path}-wal", str(self.path)):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no -wal file: every commit was checkpointed into the database
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def ping(self) -> None:
         self._execute("SELECT 1").fetchone()
