@@ -7,11 +7,11 @@ What must outlive a power cut is synced (``synchronous=FULL``: ~4 ms of fsync on
 kind of disk, under the file's write lock that every writer waits for): an accepted task
 (``create``: on disk before its id is answered) and a cancel (its caller was told). What a
 power cut may take back is not (``_write(synced=False)``): a start, an outcome, an event,
-a heartbeat. Such a task is not lost: its broker message is never deleted before the task is
-final on disk (a fetch only hides it: engine/embedded_upkeep.py), so the next ``asyncml up`` finds the
-task unfinished and runs it again, as after a worker kill. A process crash takes back
-nothing: a WAL commit is in the file once committed. After a commit others wait for, the
-store rings the API's watchers (``doorbell.TASKS``).
+a heartbeat. Such a task is not lost: its broker message is never deleted before the
+task is final on disk (a fetch only hides it: engine/embedded_upkeep.py), so the next
+``asyncml up`` finds the task unfinished and runs it again, as after a worker kill. A
+process crash takes back nothing: a WAL commit is in the file once committed. After a
+commit others wait for, the store rings the API's watchers (``doorbell.TASKS``).
 
 The writes of every task (create, start, finish) and its events take turns
 (``turns.Turns``) before SQLite's own write lock, so that no writer sleeps in SQLite's
