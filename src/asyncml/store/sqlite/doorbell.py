@@ -10,6 +10,7 @@ event: ``TASKS`` below; queue names start with a letter, so they never meet it).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import secrets
@@ -123,12 +124,14 @@ _sender_sock: tuple[int, socket.socket] | None = None
 
 
 def _sender() -> socket.socket:
-    """One unbound datagram socket per process (a forked child makes its own)."""
+    """One unbound datagram socket per process (a forked child makes its own), closed when
+    the process exits rather than left to the collector (a ResourceWarning)."""
     global _sender_sock
     with _sender_lock:
         if _sender_sock is None or _sender_sock[0] != os.getpid():
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.setblocking(False)
+            atexit.register(sock.close)
             _sender_sock = (os.getpid(), sock)
         return _sender_sock[1]
 
