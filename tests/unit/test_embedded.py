@@ -143,26 +143,33 @@ def test_sweep_deletes_the_fetched_messages_of_final_or_gone_tasks_only(
     assert broker_rows(settings, "cancelled") == [True]  # a worker fetches it and skips it
 
 
-def test_sweep_puts_the_outcomes_on_disk_before_it_deletes_their_messages(
+def test_sweep_deletes_only_messages_whose_outcome_it_synced_first(
     engine: Engine, settings: Settings
 ) -> None:
-    # An outcome is committed without an fsync: were its message deleted first, a power
-    # cut could leave the task unfinished with no message to run it again.
-    seen_at_sync: list[list[bool]] = []
+    # An outcome is committed without an fsync: were its message deleted before the
+    # outcome is on disk, a power cut could leave the task unfinished with no message to
+    # run it again. So the sweep reads which tasks are final, syncs, then deletes only
+    # those: an outcome committed after its read waits for the next sweep.
+    at_sync: list[list[bool]] = []
 
-    class Recording(SqliteTaskStore):
+    class FinishingDuringTheSync(SqliteTaskStore):
         def make_durable(self) -> None:
-            seen_at_sync.append(broker_rows(settings, "t1"))
+            at_sync.append(broker_rows(settings, "first"))
+            self.finish("late", TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.0})
             super().make_durable()
 
-    store = Recording(settings.store_path(), ttl_s=settings.result_ttl_s)
-    publish(engine, store, "t1")
-    hide(settings, "t1")
-    store.finish("t1", TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.0})
-    assert sweep_finished(settings, store) == 1
-    assert seen_at_sync == [[False]]  # the message was still there when the sync ran
-    assert broker_rows(settings, "t1") == []
-    store.close()
+    store = FinishingDuringTheSync(settings.store_path(), ttl_s=settings.result_ttl_s)
+    try:
+        for task_id in ("first", "late"):
+            publish(engine, store, task_id)
+            hide(settings, task_id)
+        store.finish("first", TaskStatus.SUCCESS, utcnow(), result={"audio_length": 1.0})
+        assert sweep_finished(settings, store) == 1
+        assert at_sync == [[False]]  # the synced outcome's message was still there
+        assert broker_rows(settings, "first") == []
+        assert broker_rows(settings, "late") == [False]  # not synced by that sweep: kept
+    finally:
+        store.close()
 
 
 def test_sweep_leaves_webhook_attempts_to_the_next_start(

@@ -89,7 +89,7 @@ _HIDE_MESSAGE = _sql(
 ).bindparams(_datetime_param("at"))  # stored as SQLAlchemy's own DateTime writes it
 
 
-class _BrokerFile:
+class BrokerFile:
     """What this process's channels share for one broker file.
 
     ``turns``: its writers take turns (store/sqlite/turns.py), the API's publishes and every
@@ -102,14 +102,14 @@ class _BrokerFile:
 
 
 _files_lock = threading.Lock()
-_files: dict[str, _BrokerFile] = {}
+_files: dict[str, BrokerFile] = {}
 
 
-def broker_file(database: str) -> _BrokerFile:
+def broker_file(database: str) -> BrokerFile:
     with _files_lock:
         found = _files.get(database)
         if found is None:
-            found = _files[database] = _BrokerFile(database)
+            found = _files[database] = BrokerFile(database)
         return found
 
 
@@ -336,13 +336,17 @@ class SqliteTransport(SqlAlchemyTransport):
                 self._doorbell = None
 
 
+def broker_path(data_dir: Path) -> Path:
+    return (data_dir / "broker.sqlite3").resolve()
+
+
 def broker_url(data_dir: Path) -> str:
-    return f"{SCHEME}+sqlite:///{(data_dir / 'broker.sqlite3').resolve()}"
+    return f"{SCHEME}+sqlite:///{broker_path(data_dir)}"
 
 
 def waiting_messages(settings: Settings, queues: list[str]) -> dict[str, int]:
     """Visible (not yet fetched) messages per queue in the embedded broker."""
-    path = (settings.data_dir / "broker.sqlite3").resolve()
+    path = broker_path(settings.data_dir)
     depths = dict.fromkeys(queues, 0)
     if not path.exists():
         return depths

@@ -16,7 +16,8 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from asyncml.engine.embedded import broker_file
+from asyncml.engine.embedded import broker_file, broker_path
+from asyncml.engine.notices import NOTICE_ID_PREFIX
 from asyncml.errors import ServiceUnavailable
 from asyncml.settings import Settings
 from asyncml.store import TaskStore
@@ -38,7 +39,7 @@ def recover_unacked(
     (Celery puts a fresh copy back when a worker is lost), else its invisible orphan made
     visible again. Every other copy, and every message of a final or expired task, goes.
     """
-    path = (settings.data_dir / "broker.sqlite3").resolve()
+    path = broker_path(settings.data_dir)
     if not path.exists():
         return (0, 0)
     conn = sqlite3.connect(path, timeout=30)
@@ -58,7 +59,7 @@ def recover_unacked(
             task_id = _task_id(payload)
             if task_id is None:
                 continue  # not ours to judge
-            if task_id.startswith("notice:"):
+            if task_id.startswith(NOTICE_ID_PREFIX):
                 # A webhook attempt (maybe waiting out its back-off): bring it back; the
                 # delivery task skips it if its notice was settled meanwhile.
                 if not visible:
@@ -101,7 +102,7 @@ def sweep_finished(settings: Settings, store: SqliteTaskStore) -> int:
     fetched, and webhook attempts (a worker holds one through its back-off), are left to
     :func:`recover_unacked` at the next start.
     """
-    path = (settings.data_dir / "broker.sqlite3").resolve()
+    path = broker_path(settings.data_dir)
     if not path.exists():
         return 0
     conn = sqlite3.connect(path, timeout=30)
@@ -114,11 +115,11 @@ def sweep_finished(settings: Settings, store: SqliteTaskStore) -> int:
         by_task: dict[str, list[int]] = {}
         for msg_id, payload in rows:
             task_id = _task_id(payload)
-            if task_id is not None and not task_id.startswith("notice:"):
+            if task_id is not None and not task_id.startswith(NOTICE_ID_PREFIX):
                 by_task.setdefault(task_id, []).append(msg_id)
-        if not by_task:
+        final = store.final_among(list(by_task)) if by_task else []
+        if not final:
             return 0
-        final = store.final_among(list(by_task))
         store.make_durable()  # every outcome just read as final is on disk from here
         doomed = [msg_id for task_id in final for msg_id in by_task[task_id]]
         turns = broker_file(str(path)).turns
@@ -157,6 +158,9 @@ def sweeping(settings: Settings) -> Iterator[None]:
                 except (sqlite3.Error, ServiceUnavailable, OSError) as exc:
                     log.warning("embedded broker sweep failed (tried again later): %s", exc)
                     continue
+                except Exception:  # a bug: say so, and keep sweeping (it is only upkeep)
+                    log.exception("embedded broker sweep failed (tried again later)")
+                    continue
                 if swept:
                     log.debug("embedded broker: deleted %d finished message(s)", swept)
         finally:
@@ -169,6 +173,7 @@ def sweeping(settings: Settings) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        sqlite_store.close()  # this thread's connection (opened with the store)
 
 
 @contextmanager
