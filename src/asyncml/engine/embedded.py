@@ -34,10 +34,12 @@ and locks; the wake-ups are the first to move out.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from time import monotonic
@@ -64,29 +66,37 @@ SCHEME = "asyncml-sqlite"
 TRANSPORT_ALIASES[SCHEME] = f"{__name__}:SqliteTransport"
 
 
-def _sql(statement: str) -> Any:
-    from sqlalchemy import text
-
-    return text(statement)
-
-
-def _datetime_param(name: str) -> Any:
-    from sqlalchemy import DateTime, bindparam
-
-    return bindparam(name, type_=DateTime)
-
-
-_INSERT_MESSAGE = _sql(
-    "INSERT INTO kombu_message (visible, payload, version, queue_id) "
-    "VALUES (1, :payload, 1, :queue)"
+# The stock transport's statements, without SQLAlchemy: its Session and Core cost the worker
+# ~0.25 ms a fetch and the API about as much a publish, in a process bound by its CPU. They
+# keep the ORM's row versioning (``version``) and write ``timestamp`` as its DateTime does.
+_INSERT_MESSAGE = (
+    "INSERT INTO kombu_message (visible, payload, version, queue_id) VALUES (1, ?, 1, ?)"
 )
-_NEXT_MESSAGE = _sql(
-    "SELECT id, payload FROM kombu_message WHERE queue_id = :queue AND visible != 0 "
+_NEXT_MESSAGE = (
+    "SELECT id, payload FROM kombu_message WHERE queue_id = ? AND visible != 0 "
     "ORDER BY timestamp, id LIMIT 1"
 )
-_HIDE_MESSAGE = _sql(
-    "UPDATE kombu_message SET visible = 0, timestamp = :at, version = version + 1 WHERE id = :id"
-).bindparams(_datetime_param("at"))  # stored as SQLAlchemy's own DateTime writes it
+_HIDE_MESSAGE = (
+    "UPDATE kombu_message SET visible = 0, timestamp = ?, version = version + 1 WHERE id = ?"
+)
+_WAITING_QUEUES = (
+    "SELECT DISTINCT q.name FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
+    "WHERE m.visible = 1 AND q.name IN (SELECT value FROM json_each(?))"
+)
+_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DateTime storage format
+
+
+@contextmanager
+def _as_transport_error() -> Iterator[None]:
+    """A SQLite error as the stock transport raises it (SQLAlchemy's ``OperationalError``,
+    one of its connection errors): kombu then retries a publish and Celery reconnects a
+    consumer, as they do for the stock transport."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise OperationalError(None, None, exc) from exc
 
 
 class BrokerFile:
@@ -114,40 +124,61 @@ def broker_file(database: str) -> BrokerFile:
 
 
 class SqliteChannel(SqlAlchemyChannel):
-    """One SQLAlchemy session per channel, used by one thread at a time.
+    """One SQLAlchemy session and one sqlite3 connection per channel, each used by one
+    thread at a time.
 
     Celery 5.7 runs a worker's ack and reject callbacks at once in the thread that reports
     the task's end (the prefork pool's result handler) when the transport has no event
     loop, as this one has not. A reject that requeues (a worker process lost) then writes
     through the channel's session while the consumer thread polls with it: the session's
     transaction broke, its connection kept SQLite's write lock, and the worker stopped
-    taking tasks. Every use of the session here holds the channel's lock.
+    taking tasks. Every use of the session or the connection here holds the channel's lock.
     """
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         self._session_lock = threading.RLock()
         self._queue_ids: dict[str, int] = {}
+        self._conn: sqlite3.Connection | None = None
         super().__init__(connection, **kwargs)
+
+    def _raw(self) -> sqlite3.Connection:
+        """This channel's own sqlite3 connection for the hot statements (publish, fetch,
+        the read before a fetch), used under the channel's lock; the session (which
+        creates the tables) keeps the rest."""
+        if self._conn is None:
+            self.session  # noqa: B018  # opens the engine: the tables exist from here
+            conn = sqlite3.connect(
+                self._database(), timeout=30, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as in kombu-stubs
         from kombu.utils.json import dumps
-        from sqlalchemy import text
-        from sqlalchemy.exc import OperationalError
 
         def write(messages: list[tuple[int, str]]) -> None:
-            try:
+            conn = self._raw()
+            with _as_transport_error():  # the publish fails and can be retried
                 # An accepted task is on disk before the API answers: this commit syncs
                 # the WAL (and with it every fetch committed before it, see _get).
-                self.session.execute(text("PRAGMA synchronous=FULL"))
-                # The row the stock ORM insert writes (its sent_at is set on fetch
-                # only), without the ORM: ~1.5 ms of the API's CPU per task.
-                self.session.execute(
-                    _INSERT_MESSAGE, [{"queue": q, "payload": b} for q, b in messages]
-                )
-                self.session.commit()
-            except OperationalError:
-                self.session.rollback()
-                raise  # the publish fails and can be retried, as the stock one does
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_INSERT_MESSAGE, [(body, q) for q, body in messages])
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
 
         database = self._database()
         with self._session_lock:
@@ -161,25 +192,25 @@ class SqliteChannel(SqlAlchemyChannel):
         """A fetch only marks its message invisible, and losing that mark (to a power cut,
         not a process crash: WAL) only brings the message back, as a lost worker does. So
         it commits without syncing: a sync costs ~4 ms here, under the file's write lock
-        that every publish and fetch waits for. The stock fetch's statements, without the
-        ORM (whose row versioning they keep: ``version``)."""
+        that every publish and fetch waits for."""
         from kombu.utils.encoding import bytes_to_str
         from kombu.utils.json import loads
-        from sqlalchemy import text
 
         with self._session_lock:
             queue_id = self._queue_id(queue)
-            with broker_file(self._database()).turns.taken():
-                session = self.session
-                session.execute(text("PRAGMA synchronous=NORMAL"))  # this transaction's
-                session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+            conn = self._raw()
+            with broker_file(self._database()).turns.taken(), _as_transport_error():
+                conn.execute("PRAGMA synchronous=NORMAL")  # this transaction's
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    row = session.execute(_NEXT_MESSAGE, {"queue": queue_id}).first()
+                    row = conn.execute(_NEXT_MESSAGE, (queue_id,)).fetchone()
                     if row is None:
                         raise Empty()
-                    session.execute(_HIDE_MESSAGE, {"id": row[0], "at": datetime.now()})
-                finally:
-                    session.commit()
+                    conn.execute(_HIDE_MESSAGE, (datetime.now().strftime(_DATETIME), row[0]))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         return loads(bytes_to_str(row[1]))
 
     def _queue_id(self, queue: str) -> int:
@@ -194,17 +225,10 @@ class SqliteChannel(SqlAlchemyChannel):
         do not block writers), so that an empty queue costs no ``BEGIN IMMEDIATE``."""
         if not queues:
             return []
-        from sqlalchemy import bindparam, text
-
-        query = text(
-            "SELECT DISTINCT q.name FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id "
-            "WHERE m.visible = 1 AND q.name IN :names"
-        ).bindparams(bindparam("names", expanding=True))
-        with self._session_lock:
-            try:
-                found = {row[0] for row in self.session.execute(query, {"names": list(queues)})}
-            finally:
-                self.session.commit()  # ends the read: a later one sees newer rows
+        names = json.dumps(list(queues))
+        with self._session_lock, _as_transport_error():
+            # Autocommit: the read ends with its last row, so a later one sees newer rows.
+            found = {row[0] for row in self._raw().execute(_WAITING_QUEUES, (names,)).fetchall()}
         return [q for q in queues if q in found]
 
     def _poll(self, cycle: Any, callback: Callable[..., Any], timeout: float | None = None) -> Any:
