@@ -156,6 +156,29 @@ def test_result_that_cannot_be_stored_gives_the_message_back(
     assert rejected.value.requeue is True  # type: ignore[attr-defined]  # set in __init__, not in the stubs
 
 
+class _StoreDownTwiceAtFinish(SqliteTaskStore):
+    attempts = 0
+
+    def finish(self, *args: Any, **kwargs: Any) -> bool:
+        self.attempts += 1
+        if self.attempts <= 2:
+            raise ServiceUnavailable("result store (Redis) unavailable: ConnectionError")
+        return super().finish(*args, **kwargs)
+
+
+def test_result_is_stored_once_the_store_is_back_within_the_grace_period(
+    settings: Settings, store: SqliteTaskStore
+) -> None:
+    runtime = WorkerRuntime(settings, store_retry_s=5)
+    runtime.store  # noqa: B018  # open the per-process store, then swap in a flaky one
+    flaky = runtime._store = _StoreDownTwiceAtFinish(settings.store_path(), ttl_s=60)
+    task_id = queued(store)
+    runtime.execute(double, task_id, {"n": 1})
+    assert flaky.attempts == 3  # failed, failed, stored
+    record = store.get(task_id)
+    assert record is not None and record.status is TaskStatus.SUCCESS
+
+
 def test_task_whose_worker_died_every_time_ends_as_worker_lost(
     runtime: WorkerRuntime, store: SqliteTaskStore
 ) -> None:
