@@ -59,6 +59,7 @@ from asyncml.store.sqlite.doorbell import (
 )
 from asyncml.store.sqlite.group_commit import GroupCommit
 from asyncml.store.sqlite.turns import Turns, schema_lock
+from asyncml.store.sqlite.wal_flush import WalFlush
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class BrokerFile:
     def __init__(self, database: str) -> None:
         self.turns = Turns(database)
         self.publishes: GroupCommit[tuple[int, str]] = GroupCommit()
+        self.wal = WalFlush(database)
 
 
 _files_lock = threading.Lock()
@@ -169,9 +171,8 @@ class SqliteChannel(SqlAlchemyChannel):
         def write(messages: list[tuple[int, str]]) -> None:
             conn = self._raw()
             with _as_transport_error():  # the publish fails and can be retried
-                # An accepted task is on disk before the API answers: this commit syncs
-                # the WAL (and with it every fetch committed before it, see _get).
-                conn.execute("PRAGMA synchronous=FULL")
+                # Committed under the turn without a sync; synced after it (below).
+                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.executemany(_INSERT_MESSAGE, [(body, q) for q, body in messages])
@@ -187,12 +188,14 @@ class SqliteChannel(SqlAlchemyChannel):
             shared = broker_file(database)
             shared.publishes.submit(message, shared.turns.taken, write)
         ring(wake_dir(database), queue)  # after the commit: a woken worker finds it
+        # An accepted task is on disk before the API answers: this syncs the WAL (and with
+        # it every fetch committed before it, see _get), outside the file's write turn.
+        shared.wal.flush()
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
         """A fetch only marks its message invisible, and losing that mark (to a power cut,
         not a process crash: WAL) only brings the message back, as a lost worker does. So
-        it commits without syncing: a sync costs ~4 ms here, under the file's write lock
-        that every publish and fetch waits for."""
+        it commits without syncing; a publish's sync (wal_flush.py) covers it later."""
         from kombu.utils.encoding import bytes_to_str
         from kombu.utils.json import loads
 

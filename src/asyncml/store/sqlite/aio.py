@@ -51,8 +51,8 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
 
     async def create(self, record: TaskRecord, *, max_open: int = 0) -> bool:
         """Submissions that arrive while a commit is under way go together in the next one:
-        its fsync (~4 ms, under the file's write lock) is paid once for all of them, and a
-        lone submission is committed at once, as before."""
+        its write turn and its sync (~4 ms, after the turn: wal_flush.py) are paid once for
+        all of them, and a lone submission is committed at once, as before."""
         made: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._creates.append((record, max_open, made))
         if self._committing is None or self._committing.done():

@@ -1,8 +1,8 @@
 """Group commit across threads: writes that arrive while a commit is under way share the next.
 
-An accepted task's broker message must be on disk before the API answers, and each commit
-that syncs costs ~4 ms here under the file's write turn (turns.py). Publishing threads
-queued behind one another paid that once each. Here each thread adds its item to the
+An accepted task's broker message must be on disk before the API answers. Publishing
+threads queued behind one another for the file's write turn (turns.py) paid a commit each,
+and the commit's sync after it (wal_flush.py). Here each thread adds its item to the
 pending ones and takes the turn; the first to get it writes every item pending at that
 moment in one transaction, and the others find theirs already written when their turn
 comes. The task store does the same for its records in the API's event loop

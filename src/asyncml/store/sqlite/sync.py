@@ -3,15 +3,18 @@
 WAL mode lets the API read while a worker writes; every state change is a single
 ``UPDATE ... WHERE status IN (...)`` so the compare-and-set is atomic across processes.
 
-What must outlive a power cut is synced (``synchronous=FULL``: ~4 ms of fsync on this
-kind of disk, under the file's write lock that every writer waits for): an accepted task
-(``create``: on disk before its id is answered) and a cancel (its caller was told). What a
-power cut may take back is not (``_write(synced=False)``): a start, an outcome, an event,
-a heartbeat. Such a task is not lost: its broker message is never deleted before the
-task is final on disk (a fetch only hides it: engine/embedded_upkeep.py), so the next
-``asyncml up`` finds the task unfinished and runs it again, as after a worker kill. A
-process crash takes back nothing: a WAL commit is in the file once committed. After a
-commit others wait for, the store rings the API's watchers (``doorbell.TASKS``).
+What must outlive a power cut is synced: an accepted task (``create``: on disk before its
+id is answered) and a cancel (its caller was told). Their commits write the WAL without
+syncing it, and the WAL is synced once the file's write turn is let go (``WalFlush``: ~4
+ms of fdatasync on this kind of disk, which the other writers no longer wait out, and one
+for every commit made before it). Any other write (a key, a dead letter) is synced inside
+its commit (the connections' ``synchronous=FULL``). What a power cut may take back is not
+synced at all (``_write(synced=False)``): a start, an outcome, an event, a heartbeat.
+Such a task is not lost: its broker message is never deleted before the task is final on
+disk (a fetch only hides it: engine/embedded_upkeep.py), so the next ``asyncml up`` finds
+the task unfinished and runs it again, as after a worker kill. A process crash takes back
+nothing: a WAL commit is in the file once committed. After a commit others wait for, the
+store rings the API's watchers (``doorbell.TASKS``).
 
 The writes of every task (create, start, finish) and its events take turns
 (``turns.Turns``) before SQLite's own write lock, so that no writer sleeps in SQLite's
@@ -25,6 +28,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,7 @@ from asyncml.store.sqlite.schema import (
     rowid_from,
 )
 from asyncml.store.sqlite.turns import Turns, schema_lock
+from asyncml.store.sqlite.wal_flush import WalFlush
 
 _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -62,6 +68,7 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         self._finishes = 0
         self.wake = wake_dir(path)
         self._turns = Turns(path)
+        self._wal = WalFlush(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with schema_lock(path), self._conn() as conn:
             conn.executescript(SCHEMA)
@@ -99,21 +106,36 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
     ) -> tuple[int, list[Any]]:
         """One statement in turn (``turns.Turns``), committed before the turn passes on: its row
         count and the rows it returned (read whole, since the commit comes after the last).
-        ``synced=False``: without an fsync (see the module's docstring for which writes may
-        be); the connection is back to FULL before anything else runs on it."""
+        ``synced``: on disk when this returns, synced after the turn (``WalFlush``); see the
+        module's docstring for which writes may not be."""
+        with self._unsynced_commit() as conn:
+            cur = conn.execute(sql, params)
+            done = cur.rowcount, cur.fetchall()
+        if synced:
+            self._flush()
+        return done
+
+    @contextmanager
+    def _unsynced_commit(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, in turn, committing without a sync; the connection is
+        back to FULL before anything else runs on it."""
         conn = self._conn()
         try:
             with self._turns.taken():
-                if not synced:
-                    conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
                 try:
-                    cur = conn.execute(sql, params)
-                    return cur.rowcount, cur.fetchall()
+                    yield conn
                 finally:
-                    if not synced:
-                        conn.execute("PRAGMA synchronous=FULL")
+                    conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
+
+    def _flush(self) -> None:
+        """Every commit made so far on disk (``WalFlush``), outside the write turn."""
+        try:
+            self._wal.flush()
+        except OSError as exc:
+            raise ServiceUnavailable(f"embedded task store could not sync: {exc}") from exc
 
     def _ring(self) -> None:
         """After a commit the API's waiters care about; a hint, never an error."""
@@ -127,20 +149,15 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         all (the API's group commit: ``aio``). Each is one INSERT ... SELECT: the count of
         the owner's open tasks (those just inserted included) and the insert are one atomic
         step, so concurrent submissions cannot overshoot ``max_open``."""
-        conn = self._conn()
-        try:
-            with self._turns.taken():
-                conn.execute("BEGIN IMMEDIATE")  # a write follows the count: no lock upgrade
-                try:
-                    made = [
-                        conn.execute(_CREATE, _create_params(r, m)).rowcount == 1 for r, m in batch
-                    ]
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise ServiceUnavailable(f"embedded task store unavailable: {exc}") from exc
+        with self._unsynced_commit() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # a write follows the count: no lock upgrade
+            try:
+                made = [conn.execute(_CREATE, _create_params(r, m)).rowcount == 1 for r, m in batch]
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        self._flush()
         return made
 
     def list_tasks(
