@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from asyncml.store.sqlite import wal_flush
+from asyncml.errors import ServiceUnavailable
+from asyncml.store import TaskRecord, TaskStatus, utcnow
+from asyncml.store.sqlite import SqliteTaskStore, wal_flush
 from asyncml.store.sqlite.wal_flush import WalFlush
+
+_WAIT_S = 5.0
 
 
 class _Disk:
@@ -22,69 +26,93 @@ class _Disk:
         self.release_first = threading.Event()
         self.fail_first = fail_first
 
-    def fdatasync(self, _path: str) -> None:
+    def sync_file(self, _path: str) -> None:
         self.syncs += 1
         if self.syncs == 1:
             self.first_started.set()
-            self.release_first.wait(5)
+            if not self.release_first.wait(_WAIT_S):
+                raise AssertionError("the test never released the first sync")
             if self.fail_first:
                 raise OSError(5, "Input/output error")
 
 
-def _in_thread(flush: WalFlush, errors: list[BaseException]) -> threading.Thread:
-    def run() -> None:
+class _Callers:
+    """Threads calling ``flush``, each one's outcome kept."""
+
+    def __init__(self, flush: WalFlush) -> None:
+        self.flush = flush
+        self.threads: list[threading.Thread] = []
+        self.errors: list[OSError] = []
+        self.returned = 0
+
+    def start(self, count: int = 1) -> None:
+        for _ in range(count):
+            thread = threading.Thread(target=self._call)
+            thread.start()
+            self.threads.append(thread)
+
+    def _call(self) -> None:
         try:
-            flush.flush()
+            self.flush.flush()
+            self.returned += 1
         except OSError as exc:
-            errors.append(exc)
+            self.errors.append(exc)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
+    def wait_until_waiting(self, count: int) -> None:
+        """Until ``count`` threads wait on the flush's condition: CPython keeps a
+        Condition's waiting threads in ``_waiters``, so no sleep-and-hope."""
+        deadline = time.monotonic() + _WAIT_S
+        while len(getattr(self.flush._cond, "_waiters", ())) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{count} callers never waited for the running sync")
+            time.sleep(0.005)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(_WAIT_S)
+            if thread.is_alive():
+                raise AssertionError("a caller of flush never returned")
 
 
-def _wait_until_waiting(flush: WalFlush, callers: int) -> None:
-    """Until `callers` threads wait on the flush's condition (the sync under way holds)."""
-    deadline = time.monotonic() + 5
-    # CPython keeps a Condition's waiting threads in `_waiters`: no sleep-and-hope.
-    while len(getattr(flush._cond, "_waiters", ())) < callers:
-        assert time.monotonic() < deadline, "the callers never waited"
-        time.sleep(0.005)
+def _flush(monkeypatch: pytest.MonkeyPatch, disk: _Disk, tmp_path: Path) -> WalFlush:
+    monkeypatch.setattr(wal_flush, "sync_file", disk.sync_file)
+    return WalFlush(tmp_path / "tasks.sqlite3")
 
 
 def test_callers_arriving_during_a_sync_share_the_next_one(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     disk = _Disk()
-    monkeypatch.setattr(wal_flush, "_fdatasync", disk.fdatasync)
-    flush = WalFlush(tmp_path / "tasks.sqlite3")
-    errors: list[BaseException] = []
-    first = _in_thread(flush, errors)
-    assert disk.first_started.wait(5)
+    callers = _Callers(_flush(monkeypatch, disk, tmp_path))
+    callers.start()
+    assert disk.first_started.wait(_WAIT_S)
     # Their commits came after the running sync began: it does not cover them.
-    later = [_in_thread(flush, errors) for _ in range(5)]
-    _wait_until_waiting(flush, 5)
+    callers.start(5)
+    callers.wait_until_waiting(5)
     disk.release_first.set()
-    for thread in [first, *later]:
-        thread.join(5)
-    assert errors == []
+    callers.join()
+    assert (callers.returned, callers.errors) == (6, [])
     assert disk.syncs == 2  # the first caller's, then one for the five others
 
 
-def test_a_caller_is_told_when_the_sync_that_was_to_cover_it_failed(
+def test_a_failed_sync_fails_its_waiters_and_every_later_flush(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # Linux reports a write-back error once and may drop the pages: no later sync could
+    # vouch for the commits the failed one was to cover.
     disk = _Disk(fail_first=True)
-    monkeypatch.setattr(wal_flush, "_fdatasync", disk.fdatasync)
-    flush = WalFlush(tmp_path / "tasks.sqlite3")
-    errors: list[BaseException] = []
-    first = _in_thread(flush, errors)
-    assert disk.first_started.wait(5)
+    flush = _flush(monkeypatch, disk, tmp_path)
+    callers = _Callers(flush)
+    callers.start()
+    assert disk.first_started.wait(_WAIT_S)
+    callers.start(2)
+    callers.wait_until_waiting(2)
     disk.release_first.set()
-    first.join(5)
-    assert [type(e) for e in errors] == [OSError]
-    flush.flush()  # the next caller gets a sync of its own, which succeeds
-    assert disk.syncs == 2
+    callers.join()
+    assert (callers.returned, len(callers.errors)) == (0, 3)
+    with pytest.raises(OSError, match="Input/output error"):
+        flush.flush()
+    assert disk.syncs == 1
 
 
 def test_a_real_wal_is_synced_and_a_checkpointed_one_is_nothing_to_sync(tmp_path: Path) -> None:
@@ -99,3 +127,24 @@ def test_a_real_wal_is_synced_and_a_checkpointed_one_is_nothing_to_sync(tmp_path
     conn.close()  # the last connection checkpoints and removes the -wal file
     assert not (tmp_path / "tasks.sqlite3-wal").exists()
     WalFlush(database).flush()
+
+
+def test_a_submission_whose_sync_failed_leaves_no_record(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Its commit was visible before the failed sync; no id was answered, so none may stay.
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3", ttl_s=60)
+    try:
+
+        def failing(_path: str) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(wal_flush, "sync_file", failing)
+        record = TaskRecord(
+            id="t1", kind="audio.length", status=TaskStatus.QUEUED, submitted_at=utcnow()
+        )
+        with pytest.raises(ServiceUnavailable, match="could not sync"):
+            store.create(record)
+        assert store.get("t1") is None
+    finally:
+        store.close()

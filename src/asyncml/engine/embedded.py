@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator
@@ -114,14 +115,17 @@ class BrokerFile:
 
 
 _files_lock = threading.Lock()
-_files: dict[str, BrokerFile] = {}
+_files: dict[tuple[int, str], BrokerFile] = {}
 
 
 def broker_file(database: str) -> BrokerFile:
+    """This process's: a forked child (a prefork pool process publishes notices) must not
+    share its parent's, whose locks and sync state were copied in whatever state they had."""
+    key = (os.getpid(), database)
     with _files_lock:
-        found = _files.get(database)
+        found = _files.get(key)
         if found is None:
-            found = _files[database] = BrokerFile(database)
+            found = _files[key] = BrokerFile(database)
         return found
 
 
@@ -161,9 +165,10 @@ class SqliteChannel(SqlAlchemyChannel):
         try:
             super().close()
         finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            with self._session_lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as in kombu-stubs
         from kombu.utils.json import dumps
@@ -187,10 +192,10 @@ class SqliteChannel(SqlAlchemyChannel):
             # Publishes of this process that arrive during a commit share the next one.
             shared = broker_file(database)
             shared.publishes.submit(message, shared.turns.taken, write)
-        ring(wake_dir(database), queue)  # after the commit: a woken worker finds it
         # An accepted task is on disk before the API answers: this syncs the WAL (and with
         # it every fetch committed before it, see _get), outside the file's write turn.
         shared.wal.flush()
+        ring(wake_dir(database), queue)  # a woken worker finds it, on disk
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as in kombu-stubs
         """A fetch only marks its message invisible, and losing that mark (to a power cut,

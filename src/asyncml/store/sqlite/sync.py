@@ -24,6 +24,7 @@ busy handler.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -52,7 +53,9 @@ from asyncml.store.sqlite.schema import (
     rowid_from,
 )
 from asyncml.store.sqlite.turns import Turns, schema_lock
-from asyncml.store.sqlite.wal_flush import WalFlush
+from asyncml.store.sqlite.wal_flush import WalFlush, sync_file
+
+log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
@@ -157,8 +160,22 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-        self._flush()
+        try:
+            self._flush()
+        except ServiceUnavailable:
+            # Committed (and visible) but not on disk: no id is answered, so none may stay.
+            self._undo_creates(
+                [record.id for (record, _), one in zip(batch, made, strict=True) if one]
+            )
+            raise
         return made
+
+    def _undo_creates(self, task_ids: list[str]) -> None:
+        try:
+            with self._unsynced_commit() as conn:
+                conn.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i in task_ids])
+        except ServiceUnavailable:
+            log.error("%d task records not synced and not deleted either", len(task_ids))
 
     def list_tasks(
         self,
@@ -358,15 +375,8 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
         ``synchronous=FULL`` does for itself, for the commits that skipped it. In WAL mode a
         commit is in the ``-wal`` file, or, once checkpointed, in the database file, which
         SQLite syncs before it reuses the ``-wal`` file; syncing both covers both."""
-        for name in (f"{self.path}-wal", str(self.path)):
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # no -wal file: every commit was checkpointed into the database
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        sync_file(f"{self.path}-wal")
+        sync_file(str(self.path))
 
     def ping(self) -> None:
         self._execute("SELECT 1").fetchone()

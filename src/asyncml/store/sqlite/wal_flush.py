@@ -14,6 +14,11 @@ frames are (recovery replays every frame up to the last valid commit), and SQLit
 syncs the database file after each checkpoint and the WAL's header when it starts reusing
 the file, at any ``synchronous`` but OFF. A ``-wal`` file that is gone was checkpointed
 into the (synced) database and removed by the last connection to close.
+
+What it gives up: a commit is visible to other connections before it is on disk, where
+FULL made it visible only once synced. A failed sync is therefore final for the process
+(as PostgreSQL treats one): Linux reports a write-back error once and may drop the pages,
+so no later sync can vouch for what came before, and every later ``flush`` raises it too.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import os
 import threading
 from pathlib import Path
 
+# macOS has no fdatasync; its fsync is what SQLite's own sync uses there too.
+_datasync = getattr(os, "fdatasync", os.fsync)
+
 
 class WalFlush:
-    """One per database file and process; thread-safe."""
+    """One per database file and process (a forked child makes its own); thread-safe."""
 
     def __init__(self, database: str | Path) -> None:
         self.wal = f"{database}-wal"
@@ -32,17 +40,17 @@ class WalFlush:
         self._started = 0  # syncs begun
         self._done = 0  # the newest sync finished (they run one at a time, in order)
         self._running = False
-        self._error: OSError | None = None  # the newest sync's failure, if it failed
+        self._failed: OSError | None = None  # the first failed sync's error, for good
 
     def flush(self) -> None:
         """Return once every frame committed before this call is on disk; raise OSError if
-        the sync that was to cover them failed."""
+        a sync of this file ever failed in this process."""
         with self._cond:
             ticket = self._started + 1  # a sync begun from now on covers this caller
             while True:
+                if self._failed is not None:
+                    raise self._failed
                 if self._done >= ticket:  # a sync begun after this caller's commit ended
-                    if self._error is not None:
-                        raise self._error
                     return
                 if not self._running:
                     break
@@ -50,26 +58,27 @@ class WalFlush:
             self._running = True
             self._started += 1
             mine = self._started
-        error: OSError | None = None
         try:
-            _fdatasync(self.wal)
+            sync_file(self.wal)
         except OSError as exc:
-            error = exc
-        with self._cond:
-            self._running = False
-            self._done = mine
-            self._error = error
-            self._cond.notify_all()
-        if error is not None:
-            raise error
+            with self._cond:
+                self._failed = exc
+            raise
+        finally:
+            with self._cond:
+                self._running = False
+                self._done = mine
+                self._cond.notify_all()
 
 
-def _fdatasync(path: str) -> None:
+def sync_file(path: str) -> None:
+    """Put what was written to ``path`` on disk; a file that is gone has nothing to sync
+    (a ``-wal`` file is removed once checkpointed: see the module's docstring)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return  # checkpointed into the database and removed (see the module's docstring)
+        return
     try:
-        os.fdatasync(fd)
+        _datasync(fd)
     finally:
         os.close(fd)
