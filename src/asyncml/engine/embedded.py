@@ -157,7 +157,9 @@ class SqliteChannel(SqlAlchemyChannel):
                 self._database(), timeout=30, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            # No sync inside a commit: a publish is synced after the turn (wal_flush.py), a
+            # fetch is not synced at all (see _get).
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._conn = conn
         return self._conn
 
@@ -177,7 +179,6 @@ class SqliteChannel(SqlAlchemyChannel):
             conn = self._raw()
             with _as_transport_error():  # the publish fails and can be retried
                 # Committed under the turn without a sync; synced after it (below).
-                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.executemany(_INSERT_MESSAGE, [(body, q) for q, body in messages])
@@ -208,7 +209,6 @@ class SqliteChannel(SqlAlchemyChannel):
             queue_id = self._queue_id(queue)
             conn = self._raw()
             with broker_file(self._database()).turns.taken(), _as_transport_error():
-                conn.execute("PRAGMA synchronous=NORMAL")  # this transaction's
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     row = conn.execute(_NEXT_MESSAGE, (queue_id,)).fetchone()
@@ -319,7 +319,7 @@ class SqliteChannel(SqlAlchemyChannel):
         @event.listens_for(engine, "connect")
         def _wal(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute("PRAGMA synchronous=FULL")  # what every write but a fetch needs
+            dbapi_conn.execute("PRAGMA synchronous=FULL")  # the session's writes: tables, queues
 
         return engine
 
