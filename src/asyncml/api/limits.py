@@ -1,10 +1,10 @@
 """Limits and back-pressure at the door: a per-key request rate and a cap per queue.
 
 The rate is counted by the ``limits`` library (sliding window counter) in Redis when the
-store is Redis, so every API process shares one count per key; in memory otherwise (the
-embedded default runs one API process). The queue cap reads the broker's queue depths at
-most once a second per process: a flood is refused with 503 instead of filling the broker
-(it may overshoot by what one second of submissions adds).
+store is Redis, and in a SQLite file of the data folder otherwise (``rates.sqlite3``,
+rate_storage.py): either way every API process shares one count per key. The queue cap
+reads the broker's queue depths at most once a second per process: a flood is refused with
+503 instead of filling the broker (it may overshoot by what one second of submissions adds).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
+from asyncml.api.rate_storage import SqliteRateStorage
 from asyncml.auth import Caller
 from asyncml.engine import Engine
 from asyncml.errors import RateLimited, ServiceUnavailable
@@ -34,7 +35,8 @@ QUEUE_FULL_RETRY_S = 5.0
 
 def _storage(settings: Settings) -> Storage:
     if settings.result_backend_url is None:
-        return MemoryStorage()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return SqliteRateStorage(settings.data_dir / "rates.sqlite3")
     url = settings.result_backend_url.get_secret_value()
     return RedisStorage(f"async+{url}", implementation="redispy")
 
