@@ -116,12 +116,16 @@ class Meter:
 
     def _members(self) -> dict[str, list[int]]:
         children = children_map()
+        parents = {child: parent for parent, kids in children.items() for child in kids}
         members: dict[str, list[int]] = {}
         for label, root in self.roots.items():
-            for pid in tree(root, children):
+            for pid in tree(root, children):  # a parent before its children
                 if pid not in self._role_of:
                     role = self.classify(cmdline(pid)) if self.classify else None
-                    self._role_of[pid] = role or label
+                    # Unclassified below a classified parent (uvicorn's worker processes
+                    # under `asyncml api`): the parent's role.
+                    inherited = self._role_of.get(parents.get(pid, 0)) if pid != root else None
+                    self._role_of[pid] = role or inherited or label
                 members.setdefault(self._role_of[pid], []).append(pid)
         return members
 

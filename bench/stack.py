@@ -269,6 +269,7 @@ def bench_service_env(
         broker_url=broker_url,
         backend_url=backend_url,
         extra={**BENCH_SERVICE_ENV, **extra_env},
+        api_processes=None,  # the service's default, as a user runs it
     )
     return port, env
 

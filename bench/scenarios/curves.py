@@ -86,7 +86,7 @@ def our_service(
                 stop,
                 workdir=workdir,
             )
-        api_args = ["api"] if api_processes == 1 else ["api", "--workers", str(api_processes)]
+        api_args = ["api", "--workers", str(api_processes)]
         api = ServiceProcess("api", api_args, env=env, workdir=workdir).start()
         started.append(api)
         if workers is not None:

@@ -8,6 +8,7 @@ settings reference is generated from it).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -140,6 +141,13 @@ class Settings(BaseSettings):
         description="Concurrent connections one client address (an IPv6 client's /64) may "
         "hold per API process (503 above), so one address cannot take every slot; 0: no cap "
         "(behind a reverse proxy, whose address every client shares).",
+    )
+    api_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="API processes asyncml api and asyncml up run (uvicorn workers on one "
+        "port); 0: two on a machine of two or more CPUs, else one.",
     )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
@@ -366,6 +374,12 @@ class Settings(BaseSettings):
         if self.auth != "auto":
             return self.auth == "on"
         return not is_loopback_host(self.api_host)
+
+    @property
+    def api_process_count(self) -> int:
+        """``api_processes``, or two where there are two CPUs: one API process (one event
+        loop, one GIL) tops out near a core, short of what the workers can finish."""
+        return self.api_processes or min(2, os.cpu_count() or 1)
 
     @property
     def embedded_broker(self) -> bool:

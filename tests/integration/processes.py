@@ -30,8 +30,13 @@ def service_env(
     broker_url: str | None = None,
     backend_url: str | None = None,
     extra: Mapping[str, str] | None = None,
+    api_processes: int | None = 1,
 ) -> dict[str, str]:
-    """A clean environment: no ASYNCML_* from the caller, loopback fetches allowed."""
+    """A clean environment: no ASYNCML_* from the caller, loopback fetches allowed.
+
+    One API process unless asked (``None``: the default, two on two CPUs): a test of a
+    per-process limit (connections) must know which process it talks to, and each process
+    is a second of start-up in CI; the tests of several processes ask for them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCML_")}
     env.update(
         ASYNCML_DATA_DIR=str(data_dir),
@@ -41,6 +46,8 @@ def service_env(
         ASYNCML_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )
+    if api_processes is not None:
+        env["ASYNCML_API_PROCESSES"] = str(api_processes)
     if broker_url:
         env["ASYNCML_BROKER_URL"] = broker_url
     if backend_url:

@@ -40,7 +40,8 @@ def api(
             data_dir=workdir / "data",
             api_port=port,
             extra={"ASYNCML_DEBUG_KINDS": "true"},
-            **urls,
+            broker_url=urls.get("broker_url"),
+            backend_url=urls.get("backend_url"),
         )
         launch = Launcher(env, workdir)
         servers.callback(launch.stop_all)

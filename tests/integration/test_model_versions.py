@@ -108,7 +108,8 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
             "ASYNCML_MODELS_DIR": str(models),
             "ASYNCML_MODELS_TRUST_PICKLE_DIRS": f'["{models / "churn"}"]',
         },
-        **urls,
+        broker_url=urls.get("broker_url"),
+        backend_url=urls.get("backend_url"),
     )
     launch = Launcher(env, tmp_path)
     base_url = f"http://127.0.0.1:{port}"

@@ -102,3 +102,13 @@ def test_an_invalid_group_setting_is_refused_at_start_up(monkeypatch: pytest.Mon
 def test_a_group_setting_given_by_its_old_flat_name_is_refused() -> None:
     with pytest.raises(ValidationError, match="euro_rate_per_s: the euro settings are a group"):
         Settings(_env_file=None, euro_rate_per_s=2.0)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "asked", "processes"), [(1, 0, 1), (2, 0, 2), (16, 0, 2), (2, 3, 3)]
+)
+def test_api_processes_default_to_one_per_cpu_up_to_two(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, asked: int, processes: int
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert Settings(api_processes=asked).api_process_count == processes

@@ -45,12 +45,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                 settings.api_host,
             )
         submitter = Submitter(settings, engine, store, QueueGate(engine, settings.max_queue_depth))
-        app.state.services = Services(
-            settings, registry, engine, store, auth, RateGate(settings), submitter
-        )
+        rates = RateGate(settings)
+        app.state.services = Services(settings, registry, engine, store, auth, rates, submitter)
         try:
             yield
         finally:
+            rates.close()
             await store.close()
             engine.close()
 

@@ -51,8 +51,14 @@ class RateGate:
 
     def __init__(self, settings: Settings) -> None:
         self.default_rate = settings.rate_limit or None
-        self._limiter = SlidingWindowCounterRateLimiter(_storage(settings))
+        self._storage = _storage(settings)
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
         self._items: dict[str, RateLimitItem] = {}
+
+    def close(self) -> None:
+        """Lets go of the counters' SQLite file (Redis's pool goes with the process)."""
+        if isinstance(self._storage, SqliteRateStorage):
+            self._storage.close()
 
     def _item(self, rate: str) -> RateLimitItem:
         item = self._items.get(rate)

@@ -22,14 +22,21 @@ if TYPE_CHECKING:
 def api(
     host: Annotated[str | None, typer.Option(help="Listen address [ASYNCML_API_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port [ASYNCML_API_PORT].")] = None,
-    workers: Annotated[int, typer.Option(help="API processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="API processes [ASYNCML_API_PROCESSES]; default: two on two CPUs."),
+    ] = None,
 ) -> None:
     """Run the HTTP API."""
+    settings = load_settings()
+    processes = workers or settings.api_process_count
+    if processes > 1:
+        # Before prometheus-client loads: the processes' series add up in one folder.
+        _prepare_multiprocess_metrics()
     import uvicorn
 
     from asyncml.api.server import uvicorn_options
 
-    settings = load_settings()
     if host is not None:  # where it listens decides whether keys are required (auth=auto)
         settings = settings.model_copy(update={"api_host": host})
         os.environ["ASYNCML_API_HOST"] = host  # for the processes --workers spawns
@@ -38,11 +45,11 @@ def api(
         "host": settings.api_host,
         "port": port if port is not None else settings.api_port,
     }
-    if workers > 1:
+    if processes > 1:
         from asyncml.logging import configure_logging
 
         configure_logging(settings, "api")
-        uvicorn.run(f"{__name__}:api_process", factory=True, workers=workers, **options)
+        uvicorn.run(f"{__name__}:api_process", factory=True, workers=processes, **options)
     else:
         uvicorn.run(_api_app(settings), **options)
 
