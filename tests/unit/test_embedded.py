@@ -501,6 +501,64 @@ def test_a_long_poll_is_woken_by_the_finish_of_another_process_not_by_its_fallba
     assert list(listening.iterdir()) == []  # nobody waits: nobody listens
 
 
+def test_finals_among_gives_the_records_of_final_tasks_and_none_for_gone_ones(
+    settings: Settings,
+) -> None:
+    store = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    try:
+        for task_id in ("queued", "started", "done", "failed"):
+            store.create(_queued(task_id))
+        store.start("started", utcnow(), worker="w")
+        store.finish("done", TaskStatus.SUCCESS, utcnow(), result={"ok": True})
+        store.finish("failed", TaskStatus.FAILURE, utcnow())
+        finals = store.finals_among(["queued", "started", "done", "failed", "gone"])
+    finally:
+        store.close()
+    assert set(finals) == {"done", "failed", "gone"}
+    done, failed = finals["done"], finals["failed"]
+    assert done is not None and done.status == TaskStatus.SUCCESS and done.result == {"ok": True}
+    assert failed is not None and failed.status == TaskStatus.FAILURE
+    assert finals["gone"] is None
+
+
+def test_a_woken_long_poll_answers_with_what_the_watcher_read_not_a_read_of_its_own(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from asyncml.store.sqlite import aio
+
+    sync = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    api = aio.AsyncSqliteTaskStore(sync)
+    worker = SqliteTaskStore(settings.store_path(), ttl_s=60)
+    worker.create(_queued("t1"))
+    reads: list[str] = []
+    get = sync.get
+
+    def counting_get(task_id: str) -> TaskRecord | None:
+        reads.append(task_id)
+        return get(task_id)
+
+    monkeypatch.setattr(sync, "get", counting_get)
+
+    async def long_poll() -> TaskRecord | None:
+        try:
+            waiting = asyncio.ensure_future(api.wait("t1", timeout_s=60))
+            while not reads:  # its first read, before it waits
+                await asyncio.sleep(0.01)
+            worker.finish("t1", TaskStatus.SUCCESS, utcnow(), result={"ok": True})
+            return await waiting
+        finally:
+            await api.close()
+
+    try:
+        record = asyncio.run(long_poll())
+    finally:
+        worker.close()
+    assert record is not None and record.status == TaskStatus.SUCCESS
+    assert reads == ["t1"]  # the one before waiting
+
+
 def wake_dir_of(settings: Settings) -> Path:
     from asyncml.store.sqlite.doorbell import wake_dir
 

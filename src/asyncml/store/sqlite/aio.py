@@ -43,6 +43,9 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
         self._store = store
         self._notices = FinishNotices()
         self._watch_events = EventWatch()
+        # What the watcher's last look found of the awaited tasks (None: gone): a woken
+        # long-poll answers with it instead of reading its record again.
+        self._finals: dict[str, TaskRecord | None] = {}
         self._event_seq = -1  # the newest event the watcher has seen (-1: not read yet)
         self._watcher: asyncio.Task[None] | None = None
         self._bell: Doorbell | None = None  # bound on the first watch, kept after
@@ -118,6 +121,8 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
             self._ensure_watcher()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(notice), deadline - time.monotonic())
+            if notice.done() and task_id in self._finals:
+                return self._finals[task_id]
             return await self.get(task_id)
 
     def _ensure_watcher(self) -> None:
@@ -147,6 +152,7 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
                 if not rung.is_set():
                     bell.renew()  # a cleaned data folder took the registration
         finally:
+            self._finals = {}
             bell.forget(TASKS)
             loop.remove_reader(bell.fileno())
 
@@ -154,8 +160,10 @@ class AsyncSqliteTaskStore(AsyncHistoryMixin):
         try:
             if self._notices:
                 awaited = self._notices.awaited()
-                final = await anyio.to_thread.run_sync(self._store.final_among, awaited)
-                self._notices.wake(final)
+                # Replaced at each look, so it holds only what is awaited now; a request
+                # woken by a look before it reads its record again.
+                self._finals = await anyio.to_thread.run_sync(self._store.finals_among, awaited)
+                self._notices.wake(self._finals)
             if self._watch_events:
                 self._event_seq, tasks, queues = await anyio.to_thread.run_sync(
                     self._store.events_since, self._event_seq

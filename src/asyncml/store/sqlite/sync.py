@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 _PURGE_EVERY = 500  # finishes between two purges of expired records
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+_JOINED_COLUMNS = ", ".join(f"t.{name.strip()}" for name in COLUMNS.split(","))
 
 
 class SqliteTaskStore(EventsMixin, HistoryMixin):
@@ -365,6 +366,18 @@ class SqliteTaskStore(EventsMixin, HistoryMixin):
             (json.dumps(task_ids), json.dumps(task_ids)),
         ).fetchall()
         return [str(row[0]) for row in rows]
+
+    def finals_among(self, task_ids: list[str]) -> dict[str, TaskRecord | None]:
+        """The records of those of ``task_ids`` that are final, and None for those gone (or
+        expired): what a woken long-poll answers with, read once for all of them."""
+        rows = self._execute(
+            f"SELECT j.value, {_JOINED_COLUMNS} FROM json_each(?) AS j "  # noqa: S608  # constant columns
+            "LEFT JOIN tasks AS t ON t.id = j.value "
+            "AND (t.expires_at IS NULL OR t.expires_at > ?) "
+            "WHERE t.id IS NULL OR t.status NOT IN ('QUEUED', 'STARTED')",
+            (json.dumps(task_ids), time.time()),
+        ).fetchall()
+        return {str(row[0]): None if row[1] is None else row_to_record(row[1:]) for row in rows}
 
     def purge_expired(self) -> int:
         cur = self._execute("DELETE FROM tasks WHERE expires_at < ?", (time.time(),))
