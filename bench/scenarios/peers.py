@@ -1,6 +1,6 @@
 """Issue #19 item 1: the same work through the peers a user would pick instead, and through us.
 
-Five systems, one after the other, on this machine and in one run, driven by the same
+Five systems, in turn (in rounds), on this machine and in one run, driven by the same
 generator (loadgen.Route: each system's own way in): RabbitMQ + Redis (`asyncml api` +
 `asyncml worker`, submit + long-poll), the embedded default exactly as `make run` starts it
 (`asyncml up`, no options, bundled models on), BentoML's task endpoints (`@bentoml.task`:
@@ -12,7 +12,9 @@ Each system's idle CPU is measured too: IDLE_WINDOW_S with nothing to do, once i
 Three workloads: an echo, `model.iris` from the same ONNX file, the heavy model (heavy_model.py)
 with each system's batching. For each: the closed loop (`RUNS` runs, median and spread;
 several generator processes), then the open loop at 25 % of that system's own median peak
-for p50/p95. A peer that cannot install or start is recorded with its error; the others run.
+for p50/p95. The runs go in rounds (see `run`): each system's runs are spread over the
+whole scenario, as every other's. A peer that cannot install or start is recorded with its
+error; the others run.
 """
 
 from __future__ import annotations
@@ -285,9 +287,10 @@ def _spread(values: list[float]) -> dict[str, float | None]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def _workload_runs(
-    ctx: Context, system: str, served: Served, name: str, route: Route, make: Any
+def _closed_run(
+    ctx: Context, system: str, served: Served, name: str, route: Route, make: Any, round_: int
 ) -> dict[str, Any]:
+    """One closed-loop run of `name` on a freshly started `system` (after a warm-up)."""
     clients = CLIENTS[name]
     seconds = min(ctx.bounds.seconds, 8.0)
     warm = asyncio.run(
@@ -295,46 +298,56 @@ def _workload_runs(
     ).summary()
     if warm["succeeded"] < 20:
         raise RuntimeError(f"warm-up of {name} on {system}: {warm['errors']}")
-    closed = []
-    for i in range(RUNS):
 
-        def load(share: int, first: int) -> LoadResult:
-            return asyncio.run(
-                run_route_load(
-                    served.base_url,
-                    route,
-                    make,
-                    count=ctx.bounds.max_tasks,
-                    concurrency=share,
-                    deadline_s=seconds,
-                    first_index=first,
-                )
-            )
-
-        closed.append(
-            measure_run(
-                served,
-                lambda: run_in_processes(load, clients, LOADGEN_PROCESSES),
-                run=f"{system} {name} closed loop {i + 1}/{RUNS}, {clients} clients",
+    def load(share: int, first: int) -> LoadResult:
+        return asyncio.run(
+            run_route_load(
+                served.base_url,
+                route,
+                make,
+                count=ctx.bounds.max_tasks,
+                concurrency=share,
+                deadline_s=seconds,
+                first_index=first,
             )
         )
-    peak = statistics.median([r["tasks_per_s"] or 0.0 for r in closed]) or 1.0
-    rate = round(peak * OPEN_FRACTION, 1)
-    opened = measure_run(
+
+    return measure_run(
+        served,
+        lambda: run_in_processes(load, clients, LOADGEN_PROCESSES),
+        run=f"{system} {name} closed loop {round_}/{RUNS}, {clients} clients",
+    )
+
+
+def _open_run(
+    ctx: Context, served: Served, system: str, name: str, route: Route, make: Any, peak: float
+) -> dict[str, Any]:
+    """The open loop at OPEN_FRACTION of the system's own median peak: its p50/p95."""
+    rate = round((peak or 1.0) * OPEN_FRACTION, 1)
+    return measure_run(
         served,
         lambda: asyncio.run(
             run_route_open(
-                served.base_url, route, make, rate_per_s=rate, duration_s=min(OPEN_SECONDS, seconds)
+                served.base_url,
+                route,
+                make,
+                rate_per_s=rate,
+                duration_s=min(OPEN_SECONDS, ctx.bounds.seconds),
             )
         ),
         run=f"{system} {name} open loop at 25 % of its peak ({rate:g}/s)",
         open_loop={"rate_per_s": rate, "of_tasks_per_s": peak, "fraction": OPEN_FRACTION},
     )
+
+
+def _row(
+    system: str, name: str, route: Route, closed: list[dict[str, Any]], opened: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "system": system,
         "workload": name,
         "route": vars(route),
-        "clients": clients,
+        "clients": CLIENTS[name],
         "tasks_per_s": _spread([r["tasks_per_s"] or 0.0 for r in closed]),
         "p50_ms_at_25": opened["latency_ms"]["p50"],
         "p95_ms_at_25": opened["latency_ms"]["p95"],
@@ -377,38 +390,69 @@ def _chosen(variable: str, known: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    """`RUNS` rounds; in each, every system is started, runs one closed loop of every
+    workload, and is stopped. A system's median is of runs spread over the whole scenario,
+    as every other's: the machine's drift (this VM's rates move by 15 % and more within
+    minutes) falls on all of them alike, not on whichever ran while it was slow. Idle CPU
+    is measured in the first round, the open loop in the last (at 25 % of the median)."""
     import heavy_model
 
     models_dir = ctx.workdir / "peers-models"
     _, depth, row_ms = heavy_model.calibrated(models_dir / "heavy")
     heavy_onnx = models_dir / "heavy" / "model.onnx"
-    rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    systems = _chosen("BENCH_PEERS_SYSTEMS", SYSTEMS)
     workloads = _chosen("BENCH_PEERS_WORKLOADS", WORKLOADS)
-    for system in _chosen("BENCH_PEERS_SYSTEMS", SYSTEMS):
-        try:
-            served = _start(ctx, system, models_dir, heavy_onnx)
-        except Exception as exc:  # a peer that cannot run here: its error, the rest go on
-            failures.append({"system": system, "stage": "start", "error": str(exc)[-2000:]})
-            console.print(f"[red]peers: {system} did not start: {str(exc)[-600:]}[/red]")
-            continue
-        try:
-            idle = idle_cpu_pct(served)
-            for name, (route, make) in _workloads(system).items():
-                if name not in workloads:
-                    continue
-                try:
-                    row = _workload_runs(ctx, system, served, name, route, make)
-                    rows.append({**row, "idle_cpu_pct": idle})
-                except Exception as exc:  # one workload failing leaves the others
-                    failures.append({"system": system, "stage": name, "error": str(exc)[-2000:]})
-                    console.print(f"[red]peers: {system} {name}: {str(exc)[-600:]}[/red]")
-        finally:
-            served.stop()
+    closed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    opened: dict[tuple[str, str], dict[str, Any]] = {}
+    idle: dict[str, float] = {}
+    given_up: set[tuple[str, str]] = set()  # (system, "") for a system that did not start
+    for round_ in range(1, RUNS + 1):
+        for system in systems:
+            if (system, "") in given_up:
+                continue
+            try:
+                served = _start(ctx, system, models_dir, heavy_onnx)
+            except Exception as exc:  # a peer that cannot run here: its error, the rest go on
+                failures.append({"system": system, "stage": "start", "error": str(exc)[-2000:]})
+                console.print(f"[red]peers: {system} did not start: {str(exc)[-600:]}[/red]")
+                given_up.add((system, ""))
+                continue
+            try:
+                if round_ == 1:
+                    idle[system] = idle_cpu_pct(served)
+                for name, (route, make) in _workloads(system).items():
+                    if name not in workloads or (system, name) in given_up:
+                        continue
+                    try:
+                        runs = closed.setdefault((system, name), [])
+                        runs.append(_closed_run(ctx, system, served, name, route, make, round_))
+                        if round_ == RUNS:
+                            peak = statistics.median([r["tasks_per_s"] or 0.0 for r in runs])
+                            opened[(system, name)] = _open_run(
+                                ctx, served, system, name, route, make, peak
+                            )
+                    except Exception as exc:  # one workload failing leaves the others
+                        failures.append(
+                            {"system": system, "stage": name, "error": str(exc)[-2000:]}
+                        )
+                        console.print(f"[red]peers: {system} {name}: {str(exc)[-600:]}[/red]")
+                        given_up.add((system, name))
+            finally:
+                served.stop()
+    rows = [
+        {
+            **_row(system, name, _workloads(system)[name][0], runs, opened[(system, name)]),
+            "idle_cpu_pct": idle[system],
+        }
+        for (system, name), runs in closed.items()
+        if (system, name) in opened and (system, name) not in given_up
+    ]
     return {
         "rows": rows,
         "comparisons": comparisons(rows),
         "failures": failures,
+        "rounds": RUNS,
         "heavy_model": {"depth": depth, "width": heavy_model.WIDTH, "one_row_ms": row_ms},
         "loadgen_processes": LOADGEN_PROCESSES,
         "runs": [run for row in rows for run in row["runs"]],
