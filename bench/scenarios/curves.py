@@ -1,10 +1,10 @@
 """Issue #19 item 4: curves, not points, on RabbitMQ + Redis and on the embedded engine.
 
 `debug.echo`, submit + long-poll. For each engine: tasks/s against worker processes (1, 2,
-4) and, on RabbitMQ + Redis, against API processes (1, 2: `asyncml api --workers 2`;
-`asyncml up` starts one API process and has no option for more, so the embedded engine has
-no API curve); then, on the 2-worker stack, p50/p95 against offered load, open loop from
-10 % to 100 % of that stack's own peak. Every point is in the JSON line; the plots go to
+4) with one API process, and against API processes (1, 2: ASYNCML_API_PROCESSES, which
+`asyncml api` and `asyncml up` read) with 2 workers; then, on the 2-worker stack with one
+API process, p50/p95 against offered load, open loop from 10 % to 100 % of that stack's own
+peak. Every point is in the JSON line; the plots go to
 bench/plots/ (matplotlib, from the bench dependency group).
 """
 
@@ -58,7 +58,8 @@ def our_service(
 
     workdir = Path(tempfile.mkdtemp(prefix=f"curves-{engine}-", dir=ctx.workdir))
     infra = ctx.infra if engine == "rabbitmq+redis" else None
-    port, env = bench_service_env(workdir, extra_env or {}, infra)
+    extra = {**(extra_env or {}), "ASYNCML_API_PROCESSES": str(api_processes)}
+    port, env = bench_service_env(workdir, extra, infra)
     base_url = f"http://127.0.0.1:{port}"
     started: list[Any] = []
 
@@ -159,8 +160,6 @@ def run(ctx: Context) -> dict[str, Any]:
                     points += _latency_curve(ctx, served, engine, point["tasks_per_s"] or 1.0)
             finally:
                 served.stop()
-        if engine == "embedded":
-            continue  # asyncml up runs one API process
         for api_processes in API_PROCESSES[1:]:
             served = our_service(ctx, engine, workers=2, api_processes=api_processes)
             try:
