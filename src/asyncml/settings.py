@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="API processes asyncml api and asyncml up run (uvicorn workers on one "
-        "port); 0: two on a machine of two or more CPUs, else one.",
+        "port); 0: two on the embedded engine with two CPUs or more, else one.",
     )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Worker processes per worker; 0 means one per CPU."
@@ -377,9 +377,14 @@ class Settings(BaseSettings):
 
     @property
     def api_process_count(self) -> int:
-        """``api_processes``, or two where there are two CPUs: one API process (one event
-        loop, one GIL) tops out near a core, short of what the workers can finish."""
-        return self.api_processes or min(2, os.cpu_count() or 1)
+        """``api_processes``, or by default two on the embedded engine where there are two
+        CPUs: its API process writes the records and waits on SQLite itself, and one (one
+        event loop, one GIL) tops out near a core, short of what the workers finish. On
+        RabbitMQ + Redis the store's work is Redis's, one process kept up with two workers
+        on 2 cores and a second cost CPU a task (docs/performance.md); scale it out there."""
+        if self.api_processes:
+            return self.api_processes
+        return min(2, os.cpu_count() or 1) if self.embedded_store else 1
 
     @property
     def embedded_broker(self) -> bool:

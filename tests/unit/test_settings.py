@@ -105,10 +105,13 @@ def test_a_group_setting_given_by_its_old_flat_name_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cpus", "asked", "processes"), [(1, 0, 1), (2, 0, 2), (16, 0, 2), (2, 3, 3)]
+    ("cpus", "asked", "embedded", "processes"),
+    [(1, 0, True, 1), (2, 0, True, 2), (16, 0, True, 2), (2, 3, True, 3), (2, 0, False, 1)],
 )
-def test_api_processes_default_to_one_per_cpu_up_to_two(
-    monkeypatch: pytest.MonkeyPatch, cpus: int, asked: int, processes: int
+def test_api_processes_default_to_two_on_the_embedded_engine_with_two_cpus(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, asked: int, embedded: bool, processes: int
 ) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: cpus)
-    assert Settings(api_processes=asked).api_process_count == processes
+    backend = None if embedded else "redis://127.0.0.1:6379/0"
+    settings = Settings(api_processes=asked, result_backend_url=backend)
+    assert settings.api_process_count == processes
