@@ -24,7 +24,9 @@ def api(
     port: Annotated[int | None, typer.Option(help="Listen port [ASYNCML_API_PORT].")] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="API processes [ASYNCML_API_PROCESSES]; default: two on two CPUs."),
+        typer.Option(
+            help="API processes [ASYNCML_API_PROCESSES]; default: two on the embedded engine."
+        ),
     ] = None,
 ) -> None:
     """Run the HTTP API."""
