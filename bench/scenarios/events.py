@@ -63,6 +63,9 @@ FULL_SECONDS = 15.0  # --seconds from which the ETA backlog is the issue's 500 t
 EVENTS_ENV = {
     "ASYNCML_API_MAX_CONNECTIONS": "2000",
     "ASYNCML_API_MAX_CONNECTIONS_PER_CLIENT": "0",
+    # The idle streams' cost is per API process: one, on both engines (the embedded
+    # default runs two, and the RSS would then be of two and uvicorn's parent).
+    "ASYNCML_API_PROCESSES": "1",
 }
 FINAL = frozenset({"SUCCESS", "FAILURE", "CANCELLED"})
 

@@ -349,8 +349,13 @@ def _open_run(
 
 
 def _row(
-    system: str, name: str, route: Route, closed: list[dict[str, Any]], opened: dict[str, Any]
+    system: str,
+    name: str,
+    route: Route,
+    closed: list[dict[str, Any]],
+    opened: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """`closed`: at least one run; `opened`: None if the last round's open loop failed."""
     return {
         "system": system,
         "workload": name,
@@ -358,13 +363,13 @@ def _row(
         "clients": CLIENTS[name],
         "closed_runs": len(closed),  # RUNS, less any round in which it failed
         "tasks_per_s": _spread([r["tasks_per_s"] or 0.0 for r in closed]),
-        "p50_ms_at_25": opened["latency_ms"]["p50"],
-        "p95_ms_at_25": opened["latency_ms"]["p95"],
+        "p50_ms_at_25": None if opened is None else opened["latency_ms"]["p50"],
+        "p95_ms_at_25": None if opened is None else opened["latency_ms"]["p95"],
         "cpu_ms_per_task": _spread([r["cpu_ms_per_task"] for r in closed]),
         "loadgen_cpu_ms_per_task": _spread([r["loadgen_cpu_ms_per_task"] for r in closed]),
         "rss_mb": max(r["rss_mb"] for r in closed),
         **GUARANTEES[system],
-        "runs": [*closed, opened],
+        "runs": [*closed, *([] if opened is None else [opened])],
     }
 
 
@@ -414,51 +419,53 @@ def run(ctx: Context) -> dict[str, Any]:
     workloads = _chosen("BENCH_PEERS_WORKLOADS", WORKLOADS)
     closed: dict[tuple[str, str], list[dict[str, Any]]] = {}
     opened: dict[tuple[str, str], dict[str, Any]] = {}
-    idle: dict[str, float] = {}
-    given_up: set[str] = set()  # systems that did not start (a failed workload runs again)
+    idle: dict[str, float | None] = {}
+    never_started: set[str] = set()  # not tried again (a failed round of one that ran is)
+
+    def failed(system: str, stage: str, exc: Exception) -> None:
+        failures.append({"system": system, "stage": stage, "error": str(exc)[-2000:]})
+        console.print(f"[red]peers: {system}, {stage}: {str(exc)[-600:]}[/red]")
+
     for round_ in range(1, RUNS + 1):
         for system in systems:
-            if system in given_up:
+            if system in never_started:
                 continue
             try:
                 served = _start(ctx, system, models_dir, heavy_onnx)
             except Exception as exc:  # a peer that cannot run here: its error, the rest go on
-                failures.append({"system": system, "stage": "start", "error": str(exc)[-2000:]})
-                console.print(f"[red]peers: {system} did not start: {str(exc)[-600:]}[/red]")
-                given_up.add(system)
+                failed(system, f"start, round {round_}", exc)
+                if round_ == 1:
+                    never_started.add(system)
                 continue
             try:
-                if round_ == 1:
-                    idle[system] = idle_cpu_pct(served)
+                if system not in idle:  # its first start
+                    try:
+                        idle[system] = idle_cpu_pct(served)
+                    except Exception as exc:
+                        failed(system, "idle CPU", exc)
+                        idle[system] = None
                 for name, (route, make) in _workloads(system).items():
                     if name not in workloads:
                         continue
                     try:
+                        run = _closed_run(ctx, system, served, name, route, make, round_)
                         runs = closed.setdefault((system, name), [])
-                        runs.append(_closed_run(ctx, system, served, name, route, make, round_))
+                        runs.append(run)
                         if round_ == RUNS:  # the rounds that ran it: its median
                             peak = statistics.median([r["tasks_per_s"] or 0.0 for r in runs])
                             opened[(system, name)] = _open_run(
                                 ctx, served, system, name, route, make, peak
                             )
                     except Exception as exc:  # one workload failing leaves the others
-                        failures.append(
-                            {
-                                "system": system,
-                                "stage": f"{name}, round {round_}",
-                                "error": str(exc)[-2000:],
-                            }
-                        )
-                        console.print(f"[red]peers: {system} {name}: {str(exc)[-600:]}[/red]")
+                        failed(system, f"{name}, round {round_}", exc)
             finally:
                 served.stop()
     rows = [
         {
-            **_row(system, name, _workloads(system)[name][0], runs, opened[(system, name)]),
-            "idle_cpu_pct": idle[system],
+            **_row(system, name, _workloads(system)[name][0], runs, opened.get((system, name))),
+            "idle_cpu_pct": idle.get(system),
         }
         for (system, name), runs in closed.items()
-        if (system, name) in opened
     ]
     return {
         "rows": rows,

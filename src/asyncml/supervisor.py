@@ -36,14 +36,15 @@ class Child:
         if self.before_start is not None:
             self.before_start()
         self.proc = subprocess.Popen(  # noqa: S603  # our own argv: python -m asyncml ROLE
-            list(self.argv), env=dict(env), start_new_session=True, preexec_fn=_die_with_parent
+            list(self.argv), env=dict(env), start_new_session=True, preexec_fn=die_with_parent
         )
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the child when the supervisor dies, even by SIGKILL, so no orphan
-    keeps the API port or a worker slot."""
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies, even by SIGKILL, so no orphan
+    keeps the API port or a worker slot (the supervisor's children; the API processes
+    ``asyncml api`` spawns)."""
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -9,6 +9,7 @@ in the one count every process of the folder shares.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,15 +29,7 @@ IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_wid
 def _api_processes(up: ServiceProcess) -> list[int]:
     """The processes serving HTTP below `up`: uvicorn's workers under `asyncml api`."""
     assert up.proc is not None
-    serving = []
-    for pid in descendants(up.proc.pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"spawn_main" in part for part in argv):
-            serving.append(pid)
-    return serving
+    return [pid for pid in descendants(up.proc.pid) if _is_api_process(pid)]
 
 
 def _connections_to(port: int) -> dict[int, int]:
@@ -152,3 +145,60 @@ def test_a_keys_rate_is_one_count_for_every_api_process_of_a_data_folder(
     finally:
         launch.stop_all()
     assert codes == [200, 200, 200, 200, 429, 429, 429, 429]
+
+
+@pytest.mark.timeout(120)
+def test_api_processes_that_cannot_start_make_asyncml_api_fail(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    env = service_env(
+        data_dir=tmp_path / "data",
+        api_port=port,
+        api_processes=2,
+        extra={"ASYNCML_API_KEYS_FILE": str(tmp_path / "missing")},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "asyncml", "api"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]  # uvicorn's start-up failure
+
+
+@pytest.mark.timeout(120)
+def test_api_processes_die_with_the_process_that_spawned_them(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    env = service_env(data_dir=tmp_path / "data", api_port=port, api_processes=2)
+    launch = Launcher(env, tmp_path)
+    try:
+        api = launch("api", ["api"])
+        wait_until_ready(f"http://127.0.0.1:{port}", api)
+        assert api.proc is not None
+        spawned = [pid for pid in descendants(api.proc.pid) if _is_api_process(pid)]
+        assert len(spawned) == 2
+        os.kill(api.proc.pid, signal.SIGKILL)  # the parent alone, as the OOM killer would
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in spawned):
+            assert time.monotonic() < deadline, "an API process outlived its parent"
+            time.sleep(0.1)  # their SIGTERM (parent-death signal), then a graceful stop
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        launch.stop_all()
+
+
+def _is_api_process(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,7 +27,8 @@ def api(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="API processes [ASYNCML_API_PROCESSES]; default: two on the embedded engine."
+            min=1,
+            help="API processes [ASYNCML_API_PROCESSES]; default: two on the embedded engine.",
         ),
     ] = None,
 ) -> None:
@@ -48,10 +51,21 @@ def api(
         "port": port if port is not None else settings.api_port,
     }
     if processes > 1:
+        from uvicorn.config import STARTUP_FAILURE
+        from uvicorn.supervisors import Multiprocess
+
         from asyncml.logging import configure_logging
 
         configure_logging(settings, "api")
-        uvicorn.run(f"{__name__}:api_process", factory=True, workers=processes, **options)
+        # uvicorn.run(workers=N), driven here so that a process that could not start makes
+        # this command fail (exit 3) as the single-process server does, not exit 0.
+        config = uvicorn.Config(
+            f"{__name__}:api_process", factory=True, workers=processes, **options
+        )
+        processes_of = Multiprocess(config, sockets=[config.bind_socket()])
+        processes_of.run()
+        if any(p.exitcode == STARTUP_FAILURE for p in processes_of.processes):
+            raise typer.Exit(STARTUP_FAILURE)
     else:
         uvicorn.run(_api_app(settings), **options)
 
@@ -59,8 +73,20 @@ def api(
 def api_process() -> FastAPI:
     """Factory of each process ``asyncml api --workers`` spawns: a new interpreter, so it
     builds its settings, logging and metrics as ``asyncml api`` does (the server's limits
-    come with the protocol factory, see ``api/server.py``)."""
-    return _api_app(load_settings())
+    come with the protocol factory, see ``api/server.py``). It dies with the process that
+    spawned it (uvicorn's parent would leave it serving the port), and one that cannot
+    build its app exits as a start-up failure, which stops the others instead of being
+    spawned again every half second."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    from asyncml.supervisor import die_with_parent
+
+    die_with_parent()
+    try:
+        return _api_app(load_settings())
+    except Exception:
+        logging.getLogger(__name__).exception("the API process could not start")
+        sys.exit(STARTUP_FAILURE)
 
 
 def _api_app(settings: Settings) -> FastAPI:
