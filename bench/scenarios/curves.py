@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loadgen import LoadResult, Route, run_in_processes, run_route_load, run_route_open
+from loadgen import Route, run_route_load, run_route_open
 from procstats import Meter
 from stack import (
     BENCH_DIR,
@@ -26,7 +26,7 @@ from stack import (
 )
 
 from .context import Context
-from .peers import LOADGEN_PROCESSES, Served, measure_run
+from .peers import Served, closed_loop, measure_run
 
 WORKERS = (1, 2, 4)
 API_PROCESSES = (1, 2)
@@ -108,26 +108,8 @@ def our_service(
 
 
 def closed_run(ctx: Context, served: Served, name: str, **fields: Any) -> dict[str, Any]:
-    seconds = ctx.bounds.seconds
-
-    def load(share: int, first: int) -> LoadResult:
-        return asyncio.run(
-            run_route_load(
-                served.base_url,
-                ECHO,
-                _echo,
-                count=ctx.bounds.max_tasks,
-                concurrency=share,
-                deadline_s=seconds,
-                first_index=first,
-            )
-        )
-
-    return measure_run(
-        served,
-        lambda: run_in_processes(load, ctx.bounds.clients, LOADGEN_PROCESSES),
-        run=name,
-        **fields,
+    return closed_loop(
+        ctx, served, ECHO, _echo, ctx.bounds.clients, ctx.bounds.seconds, run=name, **fields
     )
 
 

@@ -306,6 +306,20 @@ def _closed_run(
         # routes reach the proxy later): a just-started server, not a failure yet.
         console.print(f"peers: warm-up of {name} on {system}: {warm['errors']}; again in 5 s")
         time.sleep(5)
+    run = f"{system} {name} closed loop {round_}/{RUNS}, {clients} clients"
+    return closed_loop(ctx, served, route, make, clients, seconds, run=run)
+
+
+def closed_loop(
+    ctx: Context,
+    served: Served,
+    route: Route,
+    make: Callable[[int], dict[str, Any]],
+    clients: int,
+    seconds: float,
+    **fields: Any,
+) -> dict[str, Any]:
+    """`clients` closed-loop clients over LOADGEN_PROCESSES generator processes, measured."""
 
     def load(share: int, first: int) -> LoadResult:
         return asyncio.run(
@@ -320,11 +334,7 @@ def _closed_run(
             )
         )
 
-    return measure_run(
-        served,
-        lambda: run_in_processes(load, clients, LOADGEN_PROCESSES),
-        run=f"{system} {name} closed loop {round_}/{RUNS}, {clients} clients",
-    )
+    return measure_run(served, lambda: run_in_processes(load, clients, LOADGEN_PROCESSES), **fields)
 
 
 def _open_run(

@@ -123,15 +123,9 @@ def test_a_keys_rate_is_one_count_for_every_api_process_of_a_data_folder(
 ) -> None:
     ports = free_ports(2)
     env = service_env(data_dir=tmp_path / "data", api_port=ports[0], extra={"ASYNCML_AUTH": "on"})
-    key = subprocess.run(
-        [sys.executable, "-m", "asyncml", "keys", "create", "tiny", "--rate", "4/minute"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.strip()
+    created = _asyncml(env, tmp_path, "keys", "create", "tiny", "--rate", "4/minute")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
     headers = {"Authorization": f"Bearer {key}"}
     launch = Launcher(env, tmp_path)
     urls = [f"http://127.0.0.1:{port}" for port in ports]
@@ -156,15 +150,7 @@ def test_api_processes_that_cannot_start_make_asyncml_api_fail(tmp_path: Path) -
         api_processes=2,
         extra={"ASYNCML_API_KEYS_FILE": str(tmp_path / "missing")},
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncml", "api"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = _asyncml(env, tmp_path, "api")
     assert done.returncode == 3, done.stderr[-2000:]  # uvicorn's start-up failure
 
 
@@ -202,3 +188,16 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def _asyncml(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command of the CLI run to its end, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "asyncml", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
