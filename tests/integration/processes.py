@@ -56,6 +56,21 @@ def service_env(
     return env
 
 
+def run_cli(
+    *args: str, env: Mapping[str, str], cwd: Path, timeout: float = 90.0
+) -> subprocess.CompletedProcess[str]:
+    """``asyncml ARGS`` run to its end, as an operator runs it: its output, its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "asyncml", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def descendants(root: int) -> list[int]:
     """Every live descendant of ``root``, from the parent links in /proc/<pid>/stat."""
     children: dict[int, list[int]] = {}

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .processes import Launcher, ServiceProcess, descendants, service_env, wait_until_ready
+from .processes import (
+    Launcher,
+    ServiceProcess,
+    descendants,
+    run_cli,
+    service_env,
+    wait_until_ready,
+)
 from .services import free_ports
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -123,7 +128,7 @@ def test_a_keys_rate_is_one_count_for_every_api_process_of_a_data_folder(
 ) -> None:
     ports = free_ports(2)
     env = service_env(data_dir=tmp_path / "data", api_port=ports[0], extra={"ASYNCML_AUTH": "on"})
-    created = _asyncml(env, tmp_path, "keys", "create", "tiny", "--rate", "4/minute")
+    created = run_cli("keys", "create", "tiny", "--rate", "4/minute", env=env, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     headers = {"Authorization": f"Bearer {key}"}
@@ -150,7 +155,7 @@ def test_api_processes_that_cannot_start_make_asyncml_api_fail(tmp_path: Path) -
         api_processes=2,
         extra={"ASYNCML_API_KEYS_FILE": str(tmp_path / "missing")},
     )
-    done = _asyncml(env, tmp_path, "api")
+    done = run_cli("api", env=env, cwd=tmp_path)
     assert done.returncode == 3, done.stderr[-2000:]  # uvicorn's start-up failure
 
 
@@ -188,16 +193,3 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
-
-
-def _asyncml(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """A command of the CLI run to its end, as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "asyncml", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )

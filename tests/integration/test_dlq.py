@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,14 @@ import pytest
 
 from .fixture_server import FixtureServer
 from .http_api import submit_audio, wait_final
-from .processes import Launcher, ServiceProcess, descendants, service_env, wait_until_ready
+from .processes import (
+    Launcher,
+    ServiceProcess,
+    descendants,
+    run_cli,
+    service_env,
+    wait_until_ready,
+)
 from .services import free_ports
 
 MAX_ATTEMPTS = 3  # audio.length's Limits.max_attempts
@@ -28,15 +33,7 @@ MAX_ATTEMPTS = 3  # audio.length's Limits.max_attempts
 
 def dlq(env: dict[str, str], workdir: Path, *args: str) -> Any:
     """`asyncml dlq ... --json` against the stack's broker and store; its parsed output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "asyncml", "dlq", *args, "--json"],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("dlq", *args, "--json", env=env, cwd=workdir, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout)
 
